@@ -1,0 +1,458 @@
+"""Records and small typed views that plugins exchange with the server.
+
+Everything here is either a frozen record (actions, responses, events,
+authentication requests and decisions, session snapshots) or a narrow
+interface object (the action context, the server handle). Plugins never
+receive the server's internal objects.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Iterable,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
+
+from .privileges import ClassListError, mask_of
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .protocol import Message
+
+__all__ = [
+    "Action",
+    "action",
+    "ActionContext",
+    "ActionError",
+    "AuthDecision",
+    "AuthRequest",
+    "Block",
+    "Deferred",
+    "Event",
+    "Response",
+    "ServerHandle",
+    "SessionInfo",
+    "TimerHandle",
+]
+
+HeaderPairs = Tuple[Tuple[str, str], ...]
+HeadersLike = Union[Mapping[str, Any], Iterable[Tuple[str, Any]]]
+
+_ACTION_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _check_name(name: str, what: str) -> None:
+    """Names supplied by code must be tokens (P-1.20): no colon, CR, LF or outer blanks."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{what} must be a non-empty string, got {name!r}")
+    if ":" in name or "\r" in name or "\n" in name or name != name.strip():
+        raise ValueError(f"{what} {name!r} must not contain ':', CR, LF or outer blanks")
+
+
+def _pairs(headers: HeadersLike, what: str) -> HeaderPairs:
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    out = []
+    for item in items:
+        name, value = item
+        _check_name(name, f"{what} header name")
+        if value is None:
+            value = ""
+        elif isinstance(value, bool):
+            value = "Yes" if value else "No"
+        elif not isinstance(value, str):
+            value = str(value)
+        out.append((name, value))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event to publish: a name, a non-empty class set and ordered headers (Q-7.1).
+
+    ``classes`` accepts a class name (``"user"``), a list of names or a bit
+    mask; it is stored as a bit mask. ``headers`` accepts a mapping or a
+    sequence of ``(name, value)`` pairs; repeated names are allowed.
+    """
+
+    name: str
+    classes: Any
+    headers: Any = ()
+
+    def __post_init__(self) -> None:
+        _check_name(self.name, "event name")
+        try:
+            mask = mask_of(self.classes)
+        except ClassListError as exc:
+            raise ValueError(f"event {self.name!r}: {exc}") from None
+        if not mask:
+            raise ValueError(f"event {self.name!r} needs at least one class (C-4.7)")
+        object.__setattr__(self, "classes", mask)
+        object.__setattr__(self, "headers", _pairs(self.headers, f"event {self.name!r}"))
+
+    def get(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        """First header value called ``name`` (case-insensitive)."""
+        key = name.lower()
+        for hname, value in self.headers:
+            if hname.lower() == key:
+                return value
+        return default
+
+
+@dataclass(frozen=True)
+class Block:
+    """An event-shaped block written as part of a reply, not published (R-2.5).
+
+    ``with_action_id`` inserts the request's ActionID right after ``Event:``,
+    as list items and completion blocks carry it (R-2.6).
+    """
+
+    name: str
+    headers: Any = ()
+    with_action_id: bool = True
+
+    def __post_init__(self) -> None:
+        _check_name(self.name, "block name")
+        object.__setattr__(self, "headers", _pairs(self.headers, f"block {self.name!r}"))
+
+
+@dataclass(frozen=True)
+class Response:
+    """A reply to one action (R-2.1), optionally with item blocks and a completion.
+
+    Written contiguously: the response block, ``blocks``, then the events
+    queued for the session while the action ran, then ``completion`` -- or,
+    when ``events_before_completion`` is false (the default, R-2.6), the
+    completion right after the blocks and the queued events last.
+    """
+
+    status: str = "Success"
+    message: Optional[str] = None
+    headers: Any = ()
+    blocks: Tuple[Block, ...] = ()
+    completion: Optional[Block] = None
+    list_start: bool = False
+    events_before_completion: bool = False
+    close: bool = False
+
+    def __post_init__(self) -> None:
+        if self.status not in ("Success", "Error", "Goodbye"):
+            raise ValueError(f"response status must be Success, Error or Goodbye, not {self.status!r}")
+        object.__setattr__(self, "headers", _pairs(self.headers, "response"))
+        object.__setattr__(self, "blocks", tuple(self.blocks))
+        for block in self.blocks + ((self.completion,) if self.completion else ()):
+            if not isinstance(block, Block):
+                raise TypeError(f"response blocks must be Block records, got {block!r}")
+
+    @classmethod
+    def success(cls, message: Optional[str] = None, headers: HeadersLike = ()) -> "Response":
+        return cls("Success", message, headers)
+
+    @classmethod
+    def error(cls, message: str, headers: HeadersLike = ()) -> "Response":
+        return cls("Error", message, headers)
+
+    @classmethod
+    def list(
+        cls,
+        items: Sequence[Block],
+        complete_event: str,
+        message: str = "Results will follow",
+        complete_headers: HeadersLike = (),
+    ) -> "Response":
+        """A list response (R-2.6): start, one block per item, then ``<complete_event>``."""
+        items = tuple(items)
+        completion = Block(
+            complete_event,
+            (("EventList", "Complete"), ("ListItems", str(len(items))))
+            + _pairs(complete_headers, "completion"),
+        )
+        return cls("Success", message, (), items, completion, list_start=True)
+
+
+class ActionError(Exception):
+    """Raise from a handler to answer ``Response: Error`` with ``message``."""
+
+    def __init__(self, message: str, headers: HeadersLike = ()) -> None:
+        super().__init__(message)
+        self.response = Response.error(message, headers)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """A read-only snapshot of one session, as plugins see it."""
+
+    session_id: str
+    remote_address: str
+    local_address: str
+    transport: str
+    authenticated: bool
+    username: str
+    read_classes: int
+    write_classes: int
+    event_mask: int
+
+
+@dataclass(frozen=True)
+class AuthRequest:
+    """Credentials of one Login, handed to each ``authenticate`` implementation.
+
+    ``auth_type`` is ``"plain"`` (``secret`` set) or ``"md5"`` (``challenge``
+    and ``key`` set when the client supplied them). Secrets are excluded from
+    ``repr`` so that a logged request never leaks them.
+    """
+
+    username: str
+    auth_type: str
+    secret: Optional[str] = field(default=None, repr=False)
+    challenge: Optional[str] = field(default=None, repr=False)
+    key: Optional[str] = field(default=None, repr=False)
+    remote_address: str = ""
+    local_address: str = ""
+    transport: str = "TCP"
+
+
+@dataclass(frozen=True)
+class AuthDecision:
+    """What an authentication backend decided (return ``None`` for "not mine").
+
+    ``reason`` on a rejection selects the security event: ``"unknown_user"``
+    (InvalidAccountID), ``"invalid_password"`` (InvalidPassword),
+    ``"challenge_failed"`` (ChallengeResponseFailed) or ``None`` (no event).
+    """
+
+    accepted: bool
+    read: int = 0
+    write: int = 0
+    reason: Optional[str] = None
+    allow_multiple_login: Optional[bool] = None
+
+    REASONS = ("unknown_user", "invalid_password", "challenge_failed", None)
+
+    def __post_init__(self) -> None:
+        if self.reason not in self.REASONS:
+            raise ValueError(f"unknown rejection reason {self.reason!r}")
+        object.__setattr__(self, "read", mask_of(self.read))
+        object.__setattr__(self, "write", mask_of(self.write))
+
+    @classmethod
+    def accept(
+        cls, read: Any = 0, write: Any = 0, allow_multiple_login: Optional[bool] = None
+    ) -> "AuthDecision":
+        return cls(True, read, write, None, allow_multiple_login)
+
+    @classmethod
+    def reject(cls, reason: Optional[str] = None) -> "AuthDecision":
+        return cls(False, 0, 0, reason)
+
+
+Handler = Callable[["ActionContext"], Any]
+
+
+@dataclass(frozen=True)
+class Action:
+    """An action a plugin adds (returned from ``register_actions``).
+
+    ``privileges`` is the class set of C-4.3 and must be given explicitly
+    (``()`` or ``"none"`` for an action open to every logged-in user, C-4.4).
+    ``read_only`` actions (Ping and the like) are audited only when the
+    configuration asks for it.
+    """
+
+    name: str
+    handler: Handler
+    synopsis: str
+    privileges: Any
+    read_only: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _ACTION_NAME_RE.match(self.name):
+            raise ValueError(
+                f"action name {self.name!r} must be ASCII letters, digits, '_' or '-' (B-5.8)"
+            )
+        if not callable(self.handler):
+            raise TypeError(f"action {self.name!r}: handler must be callable")
+        if (
+            not isinstance(self.synopsis, str)
+            or not self.synopsis.strip()
+            or "\r" in self.synopsis
+            or "\n" in self.synopsis
+        ):
+            raise ValueError(f"action {self.name!r}: synopsis must be one non-empty line")
+        try:
+            object.__setattr__(self, "privileges", mask_of(self.privileges))
+        except ClassListError as exc:
+            raise ValueError(f"action {self.name!r}: privileges: {exc}") from None
+
+
+def action(
+    name: str,
+    synopsis: str,
+    privileges: Any,
+    *,
+    read_only: bool = False,
+) -> Callable[[Handler], Action]:
+    """Decorator: turn a handler function into an :class:`Action` record."""
+
+    def wrap(handler: Handler) -> Action:
+        return Action(name, handler, synopsis, privileges, read_only=read_only)
+
+    return wrap
+
+
+class TimerHandle:
+    """A scheduled callback; :meth:`cancel` prevents it from running."""
+
+    __slots__ = ("when", "callback", "cancelled")
+
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __lt__(self, other: "TimerHandle") -> bool:
+        return self.when < other.when
+
+
+class Deferred:
+    """A reply that a handler completes later (R-2.12).
+
+    Return it from a handler, then call :meth:`complete` exactly once, from
+    the event loop (a timer, another action) or from any thread. A reply that
+    arrives after ``action_timeout`` or after the session closed is dropped.
+    """
+
+    __slots__ = ("_resolve", "_lock", "_done", "_early")
+
+    def __init__(self) -> None:
+        self._resolve: Optional[Callable[[Response], None]] = None
+        self._lock = threading.Lock()
+        self._done = False
+        self._early: Optional[Response] = None
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def complete(self, response: Response) -> bool:
+        """Deliver the reply; returns False if it was already completed or cancelled."""
+        with self._lock:
+            if self._done:
+                return False
+            self._done = True
+            resolve = self._resolve
+            if resolve is None:
+                self._early = response
+                return True
+        resolve(response)
+        return True
+
+    def _bind(self, resolve: Callable[[Response], None]) -> None:
+        with self._lock:
+            self._resolve = resolve
+            early, self._early = self._early, None
+        if early is not None:
+            resolve(early)
+
+    def _cancel(self) -> bool:
+        with self._lock:
+            if self._done:
+                return False
+            self._done = True
+            return True
+
+
+class ServerHandle:
+    """What a plugin may do with the server outside of an action.
+
+    Passed to ``register_actions``. :meth:`publish` and
+    :meth:`call_soon_threadsafe` may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        publish: Callable[[Event], None],
+        call_soon_threadsafe: Callable[[Callable[[], None]], None],
+        call_later: Callable[[float, Callable[[], None]], TimerHandle],
+        settings: Any,
+    ) -> None:
+        self._publish = publish
+        self._call_soon_threadsafe = call_soon_threadsafe
+        self._call_later = call_later
+        self.settings = settings
+
+    def publish(self, event: Event) -> None:
+        """Publish an event to every session allowed to receive it (non-blocking)."""
+        self._publish(event)
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the event loop soon; safe from any thread."""
+        self._call_soon_threadsafe(callback)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        """Run ``callback`` on the loop after ``delay`` seconds (call from the loop only)."""
+        return self._call_later(delay, callback)
+
+
+class ActionContext:
+    """What a handler receives: the request, a session snapshot and a few capabilities.
+
+    Builtin actions that manage the session itself (Login, Events, Challenge,
+    ListCommands, WaitEvent, Logoff) use the session methods below; ordinary
+    plugin actions usually need only ``request``, ``session``, ``publish``,
+    ``log`` and ``config``.
+    """
+
+    def __init__(self, request: "Message", session: SessionInfo, backend: Any, config: Mapping[str, Any], log: Any) -> None:
+        self.request = request
+        self.session = session
+        self.config = config
+        self.log = log
+        self._backend = backend
+
+    # -- capabilities open to every plugin ---------------------------------
+    def publish(self, event: Event) -> None:
+        """Publish an event; the calling session receives it after this reply (R-2.10)."""
+        self._backend.publish(event)
+
+    def defer(self) -> Deferred:
+        """Create a reply to be completed later (returned from the handler)."""
+        return Deferred()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        """Run ``callback`` on the event loop after ``delay`` seconds."""
+        return self._backend.call_later(delay, callback)
+
+    # -- session management, used by the builtin actions -------------------
+    def login(self) -> Union[Response, Deferred]:
+        """Authenticate this session with the request's credentials (spec §3)."""
+        return self._backend.login(self.request)
+
+    def challenge(self) -> str:
+        """This session's MD5 challenge, created on first use (A-3.6)."""
+        return self._backend.challenge()
+
+    def set_event_mask(self, mask: int) -> None:
+        """Set the session's event mask for events published from now on (B-5.6)."""
+        self._backend.set_event_mask(mask)
+
+    def permitted_actions(self) -> list[Action]:
+        """The actions this session may run (C-4.3), sorted as ListCommands shows them."""
+        return self._backend.permitted_actions()
+
+    def wait_for_event(self, timeout: Optional[float], reply: Response) -> Deferred:
+        """Answer ``reply`` once an event for this session is queued, new input arrives,
+        or ``timeout`` seconds pass (``None``: no limit). The events queued meanwhile are
+        written as ``reply`` places them (B-5.11, B-5.12)."""
+        return self._backend.wait_for_event(timeout, reply)

@@ -1,0 +1,194 @@
+"""Structured logs and audit records (structlog), with secrets scrubbed.
+
+Each server instance builds its own logger (no global structlog
+configuration), so tests and embedded servers never interfere. Lines are
+handed to a writer thread through a bounded queue: the event loop never waits
+for a disk or a terminal, and a stuck sink costs dropped lines, not latency.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import queue
+import sys
+import threading
+from typing import Any, Callable, Iterable, List, Optional, TextIO
+
+import structlog
+
+__all__ = ["LogSink", "StreamSink", "MemorySink", "make_logger", "Redactor", "REDACTED"]
+
+REDACTED = "[redacted]"
+#: Field names whose values are never logged, whatever they hold (A-3.16, D-8.8).
+SENSITIVE_KEYS = frozenset(
+    {"secret", "key", "secret_hash", "password", "expected_response", "expectedresponse", "credentials"}
+)
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+class LogSink:
+    """Receives rendered log lines; subclasses decide where they go."""
+
+    def write_line(self, line: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Flush and release the sink."""
+
+    # structlog calls the wrapped logger's method named after the level.
+    def msg(self, line: str) -> None:
+        self.write_line(line)
+
+    debug = info = warning = warn = error = critical = exception = msg
+
+
+class StreamSink(LogSink):
+    """Writes lines to a text stream from a background thread via a bounded queue."""
+
+    def __init__(self, stream: TextIO, capacity: int = 10000, owns_stream: bool = False) -> None:
+        self._stream = stream
+        self._owns = owns_stream
+        self._queue: "queue.Queue[Optional[str]]" = queue.Queue(capacity)
+        self._dropped = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="ami-server-log", daemon=True)
+        self._thread.start()
+
+    def write_line(self, line: str) -> None:
+        try:
+            self._queue.put_nowait(line)
+        except queue.Full:
+            with self._lock:
+                self._dropped += 1
+
+    def _run(self) -> None:
+        while True:
+            line = self._queue.get()
+            if line is None:
+                break
+            with self._lock:
+                dropped, self._dropped = self._dropped, 0
+            try:
+                if dropped:
+                    self._stream.write(f'{{"event": "LogLinesDropped", "count": {dropped}}}\n')
+                self._stream.write(line + "\n")
+                if self._queue.empty():
+                    self._stream.flush()
+            except (OSError, ValueError):
+                continue
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+        try:
+            self._stream.flush()
+            if self._owns:
+                self._stream.close()
+        except (OSError, ValueError):
+            pass
+
+
+class MemorySink(LogSink):
+    """Keeps lines in a list (tests, embedding); thread-safe."""
+
+    def __init__(self) -> None:
+        self.lines: List[str] = []
+        self._lock = threading.Lock()
+
+    def write_line(self, line: str) -> None:
+        with self._lock:
+            self.lines.append(line)
+
+    def text(self) -> str:
+        with self._lock:
+            return "\n".join(self.lines)
+
+
+class Redactor:
+    """A structlog processor that removes secrets from every record.
+
+    Values of sensitive field names are replaced, and any configured secret
+    that appears inside another value is replaced too, so that a plugin that
+    logs a whole request cannot leak one.
+    """
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: tuple[str, ...] = ()
+        self.set_secrets(secrets)
+
+    def set_secrets(self, secrets: Iterable[str]) -> None:
+        # Longest first so that a secret containing another is replaced whole.
+        self._secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+
+    def _scrub(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in self._secrets:
+                if secret in value:
+                    value = value.replace(secret, REDACTED)
+            return value
+        if isinstance(value, dict):
+            return {
+                k: (REDACTED if str(k).lower() in SENSITIVE_KEYS else self._scrub(v))
+                for k, v in value.items()
+            }
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._scrub(v) for v in value)
+        return value
+
+    def __call__(self, logger: Any, method: str, event_dict: dict) -> dict:
+        for name in list(event_dict):
+            if name.lower() in SENSITIVE_KEYS:
+                event_dict[name] = REDACTED
+            else:
+                event_dict[name] = self._scrub(event_dict[name])
+        return event_dict
+
+
+def _timestamp(logger: Any, method: str, event_dict: dict) -> dict:
+    event_dict["timestamp"] = (
+        datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+    )
+    return event_dict
+
+
+def make_logger(sink: LogSink, level: str = "info", fmt: str = "json", redactor: Optional[Redactor] = None) -> Any:
+    """Build this server's bound logger: level filter, timestamp, redaction, renderer.
+
+    ``fmt`` is ``json`` (one JSON object per line) or ``console`` (readable,
+    for a terminal). Exceptions are rendered into the record, then scrubbed.
+    """
+    renderer: Callable[..., Any]
+    if fmt == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    else:
+        renderer = structlog.processors.JSONRenderer(sort_keys=False, default=str)
+    processors = [
+        structlog.processors.add_log_level,
+        _timestamp,
+        structlog.processors.format_exc_info,
+        redactor or Redactor(),
+        renderer,
+    ]
+    return structlog.wrap_logger(
+        sink,
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        cache_logger_on_first_use=False,
+    )
+
+
+def default_format(fmt: str, stream: TextIO = sys.stderr) -> str:
+    """Resolve ``auto``: readable lines on a terminal, JSON lines otherwise."""
+    if fmt != "auto":
+        return fmt
+    try:
+        return "console" if stream.isatty() else "json"
+    except (AttributeError, ValueError):
+        return "json"

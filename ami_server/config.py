@@ -1,0 +1,323 @@
+"""Configuration: ``config.toml`` parsed and validated into frozen records.
+
+Every error names the file, the key path and what is wrong, and unknown keys
+are errors, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping, Optional, Tuple, Union
+
+from .privileges import ClassListError, parse_class_list
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on older interpreters only
+    import tomli as tomllib
+
+__all__ = [
+    "ConfigError",
+    "ServerSettings",
+    "UserConfig",
+    "LoggingSettings",
+    "PluginSettings",
+    "Config",
+    "load_config",
+    "parse_config",
+]
+
+_VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)+$")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_LOG_FORMATS = ("auto", "json", "console")
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message names the file and the key path."""
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {problem}")
+        self.source = source
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """``[server]``: listener and protocol limits (spec §0 table)."""
+
+    host: str = "127.0.0.1"
+    port: int = 5038
+    ami_version: str = "11.0.0"
+    asterisk_version: str = "22.10.1"
+    system_name: str = ""
+    auth_timeout: float = 30.0
+    auth_limit: int = 50
+    login_failure_delay: float = 1.0
+    allow_multiple_login: bool = True
+    timestamp_events: bool = False
+    output_queue_limit: int = 1048576
+    action_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class UserConfig:
+    """One ``[users.<name>]`` table. ``read``/``write`` are class bit masks."""
+
+    name: str
+    secret: str = field(repr=False)
+    read: int = 0
+    write: int = 0
+    allow_multiple_login: Optional[bool] = None
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    """``[logging]``: where structured logs and audit records go."""
+
+    level: str = "info"
+    format: str = "auto"
+    file: str = ""
+    audit_read_only_actions: bool = False
+
+
+@dataclass(frozen=True)
+class PluginSettings:
+    """``[plugins]``: which plugins to block or require, and their own tables."""
+
+    disable: Tuple[str, ...] = ()
+    required: Tuple[str, ...] = ()
+    tables: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    users: Mapping[str, UserConfig] = field(default_factory=lambda: MappingProxyType({}))
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    plugins: PluginSettings = field(default_factory=PluginSettings)
+    auth_backends: Tuple[str, ...] = ("config",)
+    source: str = "<defaults>"
+
+    def user(self, username: str) -> Optional[UserConfig]:
+        """Case-insensitive user lookup (A-3.3)."""
+        return self.users.get(username.lower())
+
+
+class _Reader:
+    """Pops keys from one table with type checks, then rejects what is left."""
+
+    def __init__(self, source: str, path: str, table: Any) -> None:
+        if not isinstance(table, dict):
+            raise ConfigError(source, path, f"must be a table, not {_type_name(table)}")
+        self.source = source
+        self.path = path
+        self.table = dict(table)
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def error(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(self.source, self.key(name), problem)
+
+    def str(self, name: str, default: str) -> str:
+        value = self.table.pop(name, default)
+        if not isinstance(value, str):
+            raise self.error(name, f"must be a string, not {_type_name(value)}")
+        return value
+
+    def bool(self, name: str, default: Optional[bool]) -> Optional[bool]:
+        value = self.table.pop(name, default)
+        if value is not None and not isinstance(value, bool):
+            raise self.error(name, f"must be true or false, not {_type_name(value)}")
+        return value
+
+    def int(self, name: str, default: int, low: int, high: int) -> int:
+        value = self.table.pop(name, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(name, f"must be an integer, not {_type_name(value)}")
+        if not low <= value <= high:
+            raise self.error(name, f"must be between {low} and {high}, got {value}")
+        return value
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        value = self.table.pop(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(name, f"must be a number, not {_type_name(value)}")
+        if math.isnan(value) or not low <= value <= high:
+            raise self.error(name, f"must be between {low:g} and {high:g}, got {value}")
+        return float(value)
+
+    def str_list(self, name: str) -> Tuple[str, ...]:
+        value = self.table.pop(name, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.error(name, "must be a list of non-empty strings")
+        return tuple(value)
+
+    def sub(self, name: str) -> "_Reader":
+        return _Reader(self.source, self.key(name), self.table.pop(name, {}))
+
+    def finish(self) -> None:
+        for name in self.table:
+            raise self.error(name, "unknown key")
+
+
+def _type_name(value: Any) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+def _server(reader: _Reader) -> ServerSettings:
+    defaults = ServerSettings()
+    ami_version = reader.str("ami_version", defaults.ami_version)
+    if not _VERSION_RE.match(ami_version):
+        raise reader.error("ami_version", f"must look like 11.0.0, got {ami_version!r}")
+    host = reader.str("host", defaults.host)
+    if not host:
+        raise reader.error("host", "must not be empty")
+    settings = ServerSettings(
+        host=host,
+        port=reader.int("port", defaults.port, 0, 65535),
+        ami_version=ami_version,
+        asterisk_version=reader.str("asterisk_version", defaults.asterisk_version),
+        system_name=reader.str("system_name", defaults.system_name),
+        auth_timeout=reader.number("auth_timeout", defaults.auth_timeout, 0.05, 86400),
+        auth_limit=reader.int("auth_limit", defaults.auth_limit, 1, 1_000_000),
+        login_failure_delay=reader.number(
+            "login_failure_delay", defaults.login_failure_delay, 0, 10
+        ),
+        allow_multiple_login=bool(
+            reader.bool("allow_multiple_login", defaults.allow_multiple_login)
+        ),
+        timestamp_events=bool(reader.bool("timestamp_events", defaults.timestamp_events)),
+        output_queue_limit=reader.int(
+            "output_queue_limit", defaults.output_queue_limit, 65536, 1 << 34
+        ),
+        action_timeout=reader.number("action_timeout", defaults.action_timeout, 0.01, 86400),
+    )
+    for name in ("asterisk_version", "system_name"):
+        value = getattr(settings, name)
+        if "\r" in value or "\n" in value:
+            raise reader.error(name, "must be one line")
+    reader.finish()
+    return settings
+
+
+def _classes(reader: _Reader, name: str) -> int:
+    value = reader.table.pop(name, [])
+    if not isinstance(value, (str, list)):
+        raise reader.error(name, f"must be a class list, not {_type_name(value)}")
+    try:
+        return parse_class_list(value)
+    except ClassListError as exc:
+        raise reader.error(name, f"{exc.reason}: {exc.token!r}") from None
+
+
+def _users(reader: _Reader) -> Mapping[str, UserConfig]:
+    users: dict[str, UserConfig] = {}
+    for name in list(reader.table):
+        if not re.fullmatch(r"[A-Za-z0-9_.@+-]+", name):
+            raise reader.error(name, "user names may use letters, digits and _ . @ + - only")
+        if name.lower() in users:
+            raise reader.error(name, f"duplicate user (user names are case-insensitive)")
+        user = reader.sub(name)
+        secret = user.str("secret", "")
+        if not secret:
+            raise user.error("secret", "is required and must not be empty")
+        users[name.lower()] = UserConfig(
+            name=name,
+            secret=secret,
+            read=_classes(user, "read"),
+            write=_classes(user, "write"),
+            allow_multiple_login=user.bool("allow_multiple_login", None),
+        )
+        user.finish()
+    reader.finish()
+    return MappingProxyType(users)
+
+
+def _logging(reader: _Reader) -> LoggingSettings:
+    level = reader.str("level", "info").lower()
+    if level not in _LOG_LEVELS:
+        raise reader.error("level", f"must be one of {', '.join(_LOG_LEVELS)}")
+    fmt = reader.str("format", "auto").lower()
+    if fmt not in _LOG_FORMATS:
+        raise reader.error("format", f"must be one of {', '.join(_LOG_FORMATS)}")
+    settings = LoggingSettings(
+        level=level,
+        format=fmt,
+        file=reader.str("file", ""),
+        audit_read_only_actions=bool(reader.bool("audit_read_only_actions", False)),
+    )
+    reader.finish()
+    return settings
+
+
+def _plugins(reader: _Reader) -> PluginSettings:
+    disable = reader.str_list("disable")
+    required = reader.str_list("required")
+    both = set(disable) & set(required)
+    if both:
+        raise reader.error("required", f"plugin {sorted(both)[0]!r} is also disabled")
+    tables = {}
+    for name in list(reader.table):
+        value = reader.table.pop(name)
+        if not isinstance(value, dict):
+            raise reader.error(name, "unknown key (plugin settings must be a [plugins.<name>] table)")
+        tables[name] = MappingProxyType(value)
+    return PluginSettings(disable=disable, required=required, tables=MappingProxyType(tables))
+
+
+def _auth(reader: _Reader) -> Tuple[str, ...]:
+    backends = reader.str_list("backends") if "backends" in reader.table else ("config",)
+    if not backends:
+        raise reader.error("backends", "must name at least one backend")
+    if len(set(backends)) != len(backends):
+        raise reader.error("backends", "names a backend twice")
+    reader.finish()
+    return backends
+
+
+def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
+    """Validate an already parsed TOML document."""
+    root = _Reader(source, "", data)
+    config = Config(
+        server=_server(root.sub("server")),
+        users=_users(root.sub("users")),
+        logging=_logging(root.sub("logging")),
+        plugins=_plugins(root.sub("plugins")),
+        auth_backends=_auth(root.sub("auth")),
+        source=source,
+    )
+    root.finish()
+    return config
+
+
+def load_config(path: Union[str, Path]) -> Config:
+    """Read and validate ``path``; raise :class:`ConfigError` naming what is wrong."""
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read file: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, "", f"not UTF-8 text: {exc.reason}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "", f"invalid TOML: {exc}") from None
+    return parse_config(data, source)

@@ -1,0 +1,135 @@
+"""A small single-threaded event loop on stdlib ``selectors``.
+
+It owns readiness polling, timers, a ready queue, and a wake-up socketpair
+through which other threads hand callbacks to the loop. It never sleeps:
+waiting happens only inside ``selector.select`` with the next timer's delay.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import selectors
+import socket
+import threading
+import time
+from typing import Any, Callable, Deque, List, Optional
+
+from .api import TimerHandle
+
+__all__ = ["Loop"]
+
+
+def _reraise(exc: BaseException) -> None:
+    raise exc
+
+
+class Loop:
+    """Readiness, timers and cross-thread callbacks for one server."""
+
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self._timers: List[TimerHandle] = []
+        self._ready: Deque[Callable[[], None]] = collections.deque()
+        self._threadsafe: Deque[Callable[[], None]] = collections.deque()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._wake_pending = False
+        self._wake_lock = threading.Lock()
+        self.selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wakeup)
+        self.thread_id: Optional[int] = None
+        self.closed = False
+        #: Called with any exception a callback raised; the loop keeps running.
+        self.on_error: Callable[[BaseException], None] = _reraise
+
+    # -- scheduling ---------------------------------------------------------
+    def time(self) -> float:
+        return time.monotonic()
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the next turn (loop thread only)."""
+        self._ready.append(callback)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        """Run ``callback`` after ``delay`` seconds (loop thread only)."""
+        handle = TimerHandle(time.monotonic() + max(0.0, delay), callback)
+        heapq.heappush(self._timers, handle)
+        return handle
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        """Hand ``callback`` to the loop from any thread and wake it up."""
+        self._threadsafe.append(callback)
+        with self._wake_lock:
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass
+
+    def in_loop_thread(self) -> bool:
+        return self.thread_id is None or threading.get_ident() == self.thread_id
+
+    def _drain_wakeup(self, mask: int) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        with self._wake_lock:
+            self._wake_pending = False
+
+    # -- running ------------------------------------------------------------
+    def run_once(self, max_wait: Optional[float] = None) -> None:
+        """Poll once (no longer than the next timer or ``max_wait``), then run what is due."""
+        self.thread_id = threading.get_ident()
+        timeout: Optional[float]
+        if self._ready or self._threadsafe:
+            timeout = 0.0
+        else:
+            while self._timers and self._timers[0].cancelled:
+                heapq.heappop(self._timers)
+            timeout = max_wait
+            if self._timers:
+                delay = max(0.0, self._timers[0].when - time.monotonic())
+                timeout = delay if timeout is None else min(timeout, delay)
+        for key, mask in self.selector.select(timeout):
+            try:
+                key.data(mask)
+            except Exception as exc:  # noqa: BLE001 - one bad callback must not stop the loop
+                self.on_error(exc)
+        now = time.monotonic()
+        while self._timers and (self._timers[0].when <= now or self._timers[0].cancelled):
+            handle = heapq.heappop(self._timers)
+            if not handle.cancelled:
+                handle.cancelled = True
+                self._ready.append(handle.callback)
+        while self._threadsafe:
+            self._ready.append(self._threadsafe.popleft())
+        for _ in range(len(self._ready)):
+            try:
+                self._ready.popleft()()
+            except Exception as exc:  # noqa: BLE001
+                self.on_error(exc)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def register(self, sock: Any, events: int, callback: Callable[[int], None]) -> None:
+        self.selector.register(sock, events, callback)
+
+    def modify(self, sock: Any, events: int, callback: Callable[[int], None]) -> None:
+        self.selector.modify(sock, events, callback)
+
+    def unregister(self, sock: Any) -> None:
+        try:
+            self.selector.unregister(sock)
+        except (KeyError, ValueError):
+            pass

@@ -1,0 +1,282 @@
+"""The plugin host: one pluggy manager per server, builtins, entry points, actions.
+
+Builtins are imported by module name; third-party plugins come from the
+``ami_server.actions`` entry point group. A plugin named in
+``[plugins] disable`` is never imported. Every load failure names the plugin,
+its distribution and version, and the cause.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import pluggy
+
+from . import hookspecs
+from .api import Action, ServerHandle
+from .config import PluginSettings
+
+if sys.version_info >= (3, 10):
+    from importlib.metadata import EntryPoint, entry_points as _entry_points
+else:  # pragma: no cover
+    from importlib_metadata import EntryPoint, entry_points as _entry_points
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "BUILTIN_PLUGINS",
+    "ESSENTIAL_PLUGINS",
+    "PluginLoadError",
+    "PluginRecord",
+    "RegisteredAction",
+    "ActionRegistry",
+    "HookCaller",
+    "create_plugin_manager",
+    "load_plugins",
+    "collect_actions",
+    "discover_entry_points",
+]
+
+ENTRY_POINT_GROUP = "ami_server.actions"
+
+#: Builtin plugin name -> module. Order is registration order.
+BUILTIN_PLUGINS: Tuple[Tuple[str, str], ...] = (
+    ("login", "ami_server.builtin.login"),
+    ("logoff", "ami_server.builtin.logoff"),
+    ("challenge", "ami_server.builtin.challenge"),
+    ("ping", "ami_server.builtin.ping"),
+    ("events", "ami_server.builtin.events"),
+    ("listcommands", "ami_server.builtin.listcommands"),
+    ("userevent", "ami_server.builtin.userevent"),
+    ("waitevent", "ami_server.builtin.waitevent"),
+)
+#: Builtins that cannot be disabled: without them no client can log in or out.
+ESSENTIAL_PLUGINS = frozenset({"login", "logoff", "challenge"})
+#: Actions that run before login (R-2.8 step 2); only builtins may provide them.
+PRE_LOGIN_ACTIONS = frozenset({"login", "logoff", "challenge"})
+
+
+class PluginLoadError(Exception):
+    """A plugin could not be loaded or registered; the message names it."""
+
+
+@dataclass(frozen=True)
+class PluginRecord:
+    """What the host knows about one plugin, loaded or not."""
+
+    name: str
+    group: str
+    distribution: str = ""
+    version: str = ""
+    status: str = "loaded"  # loaded | disabled
+    target: str = ""
+
+    def describe(self) -> str:
+        dist = f"{self.distribution} {self.version}".strip() or "builtin"
+        return f"plugin {self.name!r} ({dist})"
+
+
+@dataclass(frozen=True)
+class RegisteredAction:
+    """An action with the plugin that provided it."""
+
+    action: Action
+    plugin: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
+def create_plugin_manager() -> pluggy.PluginManager:
+    """A fresh plugin manager with ami-server's hookspecs (one per server instance)."""
+    manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    manager.add_hookspecs(hookspecs)
+    return manager
+
+
+def discover_entry_points() -> List[EntryPoint]:
+    """Installed entry points of the ``ami_server.actions`` group."""
+    return list(_entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _dist_of(entry_point: EntryPoint) -> Tuple[str, str]:
+    dist = getattr(entry_point, "dist", None)
+    if dist is None:
+        return "", ""
+    return dist.metadata["Name"] or "", dist.version or ""
+
+
+def load_plugins(
+    manager: pluggy.PluginManager,
+    settings: PluginSettings,
+    extra: Sequence[Tuple[str, Any]] = (),
+    entry_points: Optional[Iterable[EntryPoint]] = None,
+) -> List[PluginRecord]:
+    """Register builtins, ``extra`` objects and entry-point plugins on ``manager``.
+
+    ``extra`` holds ``(name, plugin object)`` pairs registered as builtins
+    (the server's own configured backends). Raises :class:`PluginLoadError`.
+    """
+    disabled = set(settings.disable)
+    blocked_essential = disabled & ESSENTIAL_PLUGINS
+    if blocked_essential:
+        raise PluginLoadError(
+            f"plugin {sorted(blocked_essential)[0]!r} is essential and cannot be disabled"
+        )
+    records: List[PluginRecord] = []
+
+    def register(record: PluginRecord, plugin: Any) -> None:
+        if manager.has_plugin(record.name):
+            raise PluginLoadError(f"{record.describe()}: another plugin is already named {record.name!r}")
+        try:
+            manager.register(plugin, name=record.name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginLoadError(f"{record.describe()}: invalid hook implementation: {exc}") from None
+        records.append(record)
+
+    for name, module_name in BUILTIN_PLUGINS:
+        record = PluginRecord(name, "builtin", "ami-server", _own_version(), target=module_name)
+        if name in disabled:
+            records.append(PluginRecord(name, "builtin", "ami-server", _own_version(), "disabled", module_name))
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # noqa: BLE001 - reported with the plugin's name
+            raise PluginLoadError(f"{record.describe()}: import of {module_name} failed: {exc!r}") from exc
+        register(record, module)
+
+    for name, plugin in extra:
+        register(PluginRecord(name, "builtin", "ami-server", _own_version(), target=type(plugin).__name__), plugin)
+
+    if entry_points is None:
+        entry_points = discover_entry_points()
+    for entry_point in entry_points:
+        dist, version = _dist_of(entry_point)
+        record = PluginRecord(entry_point.name, ENTRY_POINT_GROUP, dist, version, target=entry_point.value)
+        if entry_point.name in disabled:
+            records.append(PluginRecord(entry_point.name, ENTRY_POINT_GROUP, dist, version, "disabled", entry_point.value))
+            continue
+        try:
+            plugin = entry_point.load()
+        except Exception as exc:  # noqa: BLE001
+            raise PluginLoadError(f"{record.describe()}: cannot load {entry_point.value}: {exc!r}") from exc
+        register(record, plugin)
+
+    loaded = {r.name for r in records if r.status == "loaded"}
+    for name in settings.required:
+        if name not in loaded:
+            raise PluginLoadError(f"plugin {name!r} is required by [plugins] required but is not installed")
+    try:
+        manager.check_pending()
+    except pluggy.PluginValidationError as exc:
+        plugin_name = manager.get_name(exc.plugin) if exc.plugin is not None else "?"
+        record = next((r for r in records if r.name == plugin_name), None)
+        who = record.describe() if record else f"plugin {plugin_name!r}"
+        raise PluginLoadError(f"{who}: {exc}") from None
+    return records
+
+
+def _own_version() -> str:
+    from ._version import __version__
+
+    return __version__
+
+
+class HookCaller:
+    """Calls one hook's implementations one by one, containing exceptions.
+
+    pluggy stops at the first exception; AMI hooks must not let one plugin
+    stop the others (Q-7.5, Q-7.9), so each implementation is called and
+    guarded separately, in pluggy's order.
+    """
+
+    def __init__(self, manager: pluggy.PluginManager, hook_name: str) -> None:
+        caller = getattr(manager.hook, hook_name)
+        self.name = hook_name
+        self.impls: List[Tuple[str, Callable[..., Any], Tuple[str, ...]]] = [
+            (impl.plugin_name, impl.function, tuple(impl.argnames))
+            for impl in reversed(caller.get_hookimpls())
+        ]
+
+    def __bool__(self) -> bool:
+        return bool(self.impls)
+
+    def call(self, on_error: Callable[[str, BaseException], None], **kwargs: Any) -> List[Tuple[str, Any]]:
+        results = []
+        for plugin, function, argnames in self.impls:
+            try:
+                results.append((plugin, function(*[kwargs[a] for a in argnames])))
+            except Exception as exc:  # noqa: BLE001 - contained per plugin
+                on_error(plugin, exc)
+        return results
+
+    def first(self, **kwargs: Any) -> Tuple[Optional[str], Any]:
+        """First non-None result with its plugin name; exceptions propagate."""
+        for plugin, function, argnames in self.impls:
+            result = function(*[kwargs[a] for a in argnames])
+            if result is not None:
+                return plugin, result
+        return None, None
+
+
+class ActionRegistry:
+    """Actions by lower-cased name (P-1.15), with the providing plugin."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, RegisteredAction] = {}
+
+    def add(self, entry: RegisteredAction, builtin: bool) -> None:
+        key = entry.action.name.lower()
+        if key in self._by_name:
+            other = self._by_name[key]
+            raise PluginLoadError(
+                f"action {entry.action.name!r} from plugin {entry.plugin!r} duplicates "
+                f"{other.action.name!r} from plugin {other.plugin!r} (names are case-insensitive)"
+            )
+        if key in PRE_LOGIN_ACTIONS and not builtin:
+            raise PluginLoadError(
+                f"plugin {entry.plugin!r} may not provide {entry.action.name!r}: only builtins run before login"
+            )
+        self._by_name[key] = entry
+
+    def get(self, name: str) -> Optional[RegisteredAction]:
+        return self._by_name.get(name.lower())
+
+    def all(self) -> List[RegisteredAction]:
+        return sorted(self._by_name.values(), key=lambda e: e.action.name.lower())
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+
+def collect_actions(
+    manager: pluggy.PluginManager,
+    records: Sequence[PluginRecord],
+    handle: ServerHandle,
+    tables: Mapping[str, Mapping[str, Any]],
+) -> ActionRegistry:
+    """Call every ``register_actions`` implementation and build the registry."""
+    by_name = {r.name: r for r in records}
+    registry = ActionRegistry()
+    for plugin, function, argnames in HookCaller(manager, "register_actions").impls:
+        record = by_name.get(plugin)
+        who = record.describe() if record else f"plugin {plugin!r}"
+        try:
+            result = function(*[{"server": handle}[a] for a in argnames])
+        except Exception as exc:  # noqa: BLE001
+            raise PluginLoadError(f"{who}: register_actions raised {exc!r}") from exc
+        if result is None:
+            continue
+        if isinstance(result, Action):
+            result = [result]
+        for item in result:
+            if not isinstance(item, Action):
+                raise PluginLoadError(f"{who}: register_actions returned {item!r}, not an Action")
+            builtin = record is not None and record.group == "builtin"
+            try:
+                registry.add(
+                    RegisteredAction(item, plugin, tables.get(plugin, {})), builtin
+                )
+            except PluginLoadError as exc:
+                raise PluginLoadError(f"{who}: {exc}") from None
+    return registry

@@ -1,0 +1,241 @@
+"""Sans-IO AMI framing: bytes in, messages out; replies and events in, bytes out.
+
+Nothing here touches a socket, a clock or a logger. The parser reproduces the
+line and message limits of Asterisk's manager (spec P-1.4 to P-1.15) exactly,
+and the renderers guarantee that no CR or LF ever ends up inside an output
+value (P-1.19, P-1.20).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Optional, Sequence, Tuple
+
+__all__ = [
+    "MAX_LINE",
+    "MAX_LINES",
+    "Message",
+    "Parser",
+    "decode",
+    "encode",
+    "render_block",
+    "render_response",
+    "clean",
+]
+
+#: Asterisk's input buffer: an LF must occur among the first 1024 bytes (P-1.6).
+MAX_LINE = 1024
+#: Lines stored per message; the 129th and later are dropped (P-1.9).
+MAX_LINES = 128
+
+# Bytes <= 0x20 stripped from the start of a header value (P-1.11). NUL never
+# reaches here because lines are cut at their first NUL (P-1.5).
+_LEADING_BLANKS = "".join(chr(c) for c in range(1, 0x21))
+
+TOO_LONG = "Failed to parse message: line too long"
+TOO_MANY = "Too many lines in message or allocation failure"
+
+
+def decode(data: bytes) -> str:
+    """Decode wire bytes losslessly: valid UTF-8 reads as text, anything else survives (P-1.22)."""
+    return data.decode("utf-8", "surrogateescape")
+
+
+def encode(text: str) -> bytes:
+    """Inverse of :func:`decode`; never raises for text that came from the wire."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def clean(value: str) -> str:
+    """Replace every CR and LF with one space, so a value can never forge a line (P-1.20)."""
+    if "\r" in value or "\n" in value:
+        return value.replace("\r", " ").replace("\n", " ")
+    return value
+
+
+class Message:
+    """One request: the stored lines of a message, in arrival order (P-1.14).
+
+    ``error`` is ``None`` for a message that may be dispatched, or the exact
+    error text of P-1.10 when the message was too long or had too many lines.
+    An empty message (a lone blank line, P-1.8) has no lines and ``empty`` set.
+    """
+
+    __slots__ = ("lines", "error", "empty", "_pairs")
+
+    def __init__(self, lines: Sequence[str], error: Optional[str] = None) -> None:
+        self.lines: Tuple[str, ...] = tuple(lines)
+        self.error = error
+        self.empty = not self.lines and error is None
+        self._pairs: Optional[Tuple[Tuple[str, str, str], ...]] = None
+
+    def _split(self) -> Tuple[Tuple[str, str, str], ...]:
+        # (lower-cased name, name, value) for each line that has a colon (P-1.11).
+        if self._pairs is None:
+            pairs = []
+            for line in self.lines:
+                name, sep, value = line.partition(":")
+                if sep:
+                    pairs.append((name.lower(), name, value.lstrip(_LEADING_BLANKS)))
+            self._pairs = tuple(pairs)
+        return self._pairs
+
+    def get(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        """The first header called ``name`` (ASCII case-insensitive), even if empty (P-1.13)."""
+        key = name.lower()
+        for lname, _, value in self._split():
+            if lname == key:
+                return value
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of header ``name``, in order (repeated headers, P-1.14)."""
+        key = name.lower()
+        return [value for lname, _, value in self._split() if lname == key]
+
+    def headers(self) -> list[Tuple[str, str]]:
+        """``(name, value)`` for every stored line that has a colon, in order."""
+        return [(name, value) for _, name, value in self._split()]
+
+    @property
+    def action(self) -> str:
+        """The first non-empty ``Action`` value, or ``""`` when there is none (P-1.13)."""
+        for lname, _, value in self._split():
+            if lname == "action" and value:
+                return value
+        return ""
+
+    @property
+    def action_id(self) -> str:
+        """The first ``ActionID`` value (``""`` when absent or empty, R-2.2)."""
+        return self.get("ActionID") or ""
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        return f"Message({list(self.lines)!r}, error={self.error!r})"
+
+
+class Parser:
+    """Incremental AMI request parser.
+
+    Feed it bytes in any fragmentation with :meth:`feed`, take complete
+    messages one at a time with :meth:`next_message`. At most about one line
+    limit of a long line is held (P-1.6); at most 128 lines of a message are
+    kept (P-1.9). Unconsumed input stays in the parser so that the caller can
+    apply back-pressure by simply not calling :meth:`next_message` (P-1.18).
+    """
+
+    __slots__ = ("_buf", "_pos", "_lines", "_too_long", "_too_many")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        self._lines: list[str] = []
+        self._too_long = False
+        self._too_many = False
+
+    def feed(self, data: bytes) -> None:
+        """Append received bytes."""
+        if self._pos and self._pos == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet consumed into a complete line."""
+        return len(self._buf) - self._pos
+
+    @property
+    def has_input(self) -> bool:
+        """True if any byte arrived that is not part of an already returned message."""
+        return self.buffered > 0 or bool(self._lines) or self._too_long or self._too_many
+
+    def next_message(self) -> Optional[Message]:
+        """Return the next complete message, or ``None`` until more input arrives."""
+        buf = self._buf
+        while True:
+            pos = self._pos
+            end = buf.find(b"\n", pos, pos + MAX_LINE)
+            if end < 0:
+                if len(buf) - pos >= MAX_LINE:
+                    # P-1.6 step 2: drop 1023 bytes, mark the message, retry.
+                    self._pos = pos + MAX_LINE - 1
+                    self._too_long = True
+                    continue
+                self._compact()
+                return None
+            self._pos = end + 1
+            stop = end - 1 if end > pos and buf[end - 1] == 0x0D else end
+            nul = buf.find(b"\x00", pos, stop)
+            if nul >= 0:
+                stop = nul
+            if stop > pos:
+                if len(self._lines) < MAX_LINES:
+                    self._lines.append(buf[pos:stop].decode("utf-8", "surrogateescape"))
+                else:
+                    self._too_many = True
+                continue
+            # An empty line ends the message (or is an empty message, P-1.8).
+            return self._finish()
+
+    def _finish(self) -> Message:
+        if self._too_many:
+            error: Optional[str] = TOO_MANY
+        elif self._too_long:
+            error = TOO_LONG
+        else:
+            error = None
+        message = Message(self._lines, error)
+        self._lines = []
+        self._too_long = self._too_many = False
+        return message
+
+    def _compact(self) -> None:
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+
+    def messages(self) -> Iterator[Message]:
+        """Yield every complete message currently buffered."""
+        while True:
+            message = self.next_message()
+            if message is None:
+                return
+            yield message
+
+
+Headers = Iterable[Tuple[str, str]]
+
+
+def _header_lines(out: list[str], headers: Headers) -> None:
+    for name, value in headers:
+        out.append(f"{clean(name)}: {clean(str(value))}\r\n")
+
+
+def render_response(
+    status: str,
+    action_id: str = "",
+    message: Optional[str] = None,
+    headers: Headers = (),
+    list_start: bool = False,
+) -> bytes:
+    """Render a response block in the order of R-2.1."""
+    out = [f"Response: {status}\r\n"]
+    if action_id:
+        out.append(f"ActionID: {clean(action_id)}\r\n")
+    if list_start:
+        out.append("EventList: start\r\n")
+    if message is not None:
+        out.append(f"Message: {clean(message)}\r\n")
+    _header_lines(out, headers)
+    out.append("\r\n")
+    return encode("".join(out))
+
+
+def render_block(name: str, headers: Headers = (), action_id: str = "") -> bytes:
+    """Render an event-shaped block: ``Event:``, optional ActionID, headers, blank line."""
+    out = [f"Event: {clean(name)}\r\n"]
+    if action_id:
+        out.append(f"ActionID: {clean(action_id)}\r\n")
+    _header_lines(out, headers)
+    out.append("\r\n")
+    return encode("".join(out))

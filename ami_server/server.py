@@ -1,0 +1,855 @@
+"""The AMI server: accept, read, dispatch, publish, write -- on one thread.
+
+The protocol module turns bytes into messages; this module applies the rules
+of spec §2-§3 and §7 to them and moves bytes between sessions and sockets.
+Sockets are non-blocking and written only when writable; every wait is a
+loop timer.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import pluggy
+import selectors
+
+from .api import (
+    Action,
+    ActionContext,
+    ActionError,
+    AuthDecision,
+    AuthRequest,
+    Block,
+    Deferred,
+    Event,
+    Response,
+    ServerHandle,
+    TimerHandle,
+)
+from .audit import LogSink, Redactor, StreamSink, default_format, make_logger
+from .config import Config
+from .loop import Loop
+from .plugins import (
+    ActionRegistry,
+    HookCaller,
+    PluginRecord,
+    collect_actions,
+    create_plugin_manager,
+    load_plugins,
+)
+from .privileges import CLASSES, format_privilege, parse_event_mask
+from .protocol import Message, encode, render_block, render_response, clean
+from .security import format_address, new_challenge, new_session_id, security_event
+from .session import AUTHENTICATED, CLOSING, PREAUTH, ActionRun, Session
+
+__all__ = ["Server", "ServerError", "INPUT_LIMIT"]
+
+#: Stop reading a session's socket while this much input waits unprocessed (P-1.18).
+INPUT_LIMIT = 256 * 1024
+#: How long a closing session may take to hand its last bytes to the kernel.
+LINGER_SECONDS = 2.0
+_RECV_SIZE = 65536
+_SYSTEM = CLASSES["system"]
+_SECURITY_EVENT_NAMES = frozenset(
+    {
+        "SuccessfulAuth", "InvalidAccountID", "InvalidPassword", "ChallengeResponseFailed",
+        "SessionLimit", "RequestNotAllowed", "RequestBadFormat", "FailedACL",
+    }
+)
+_REJECT_EVENTS = {
+    "unknown_user": "InvalidAccountID",
+    "invalid_password": "InvalidPassword",
+    "challenge_failed": "ChallengeResponseFailed",
+}
+_PRE_LOGIN = frozenset({"login", "logoff", "challenge"})
+
+
+class ServerError(Exception):
+    """The server cannot start (address in use, plugin failure, ...)."""
+
+
+class _SessionBackend:
+    """The session capabilities behind one :class:`ActionContext`."""
+
+    __slots__ = ("server", "session", "run")
+
+    def __init__(self, server: "Server", session: Session, run: ActionRun) -> None:
+        self.server = server
+        self.session = session
+        self.run = run
+
+    def publish(self, event: Event) -> None:
+        self.server.publish(event)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        return self.server.loop.call_later(delay, callback)
+
+    def login(self, request: Message) -> Any:
+        return self.server._login(self.session, self.run, request)
+
+    def challenge(self) -> str:
+        session = self.session
+        if session.challenge is None:
+            session.challenge = new_challenge()
+        return session.challenge
+
+    def set_event_mask(self, mask: int) -> None:
+        self.session.mask = mask
+        self.session.changed()
+
+    def permitted_actions(self) -> List[Action]:
+        write = self.session.write
+        return [
+            entry.action
+            for entry in self.server.actions.all()
+            if not entry.action.privileges or entry.action.privileges & write
+        ]
+
+    def wait_for_event(self, timeout: Optional[float], reply: Response) -> Deferred:
+        return self.server._wait_for_event(self.session, self.run, timeout, reply)
+
+
+class Server:
+    """One AMI server instance: its config, plugin manager, listener and sessions.
+
+    Build it, :meth:`start` it (binds the listener, loads plugins), then call
+    :meth:`serve_forever` on the thread that will own the loop. :meth:`stop`
+    may be called from any thread or a signal handler.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        plugin_manager: Optional[pluggy.PluginManager] = None,
+        log_sink: Optional[LogSink] = None,
+        entry_points: Optional[Iterable[Any]] = None,
+        extra_plugins: Sequence[Tuple[str, Any]] = (),
+    ) -> None:
+        self.config = config
+        self.settings = config.server
+        self.loop = Loop()
+        self.loop.on_error = self._loop_error
+        self.manager = plugin_manager or create_plugin_manager()
+        self._entry_points = entry_points
+        self._extra_plugins = tuple(extra_plugins)
+        self._own_sink = log_sink is None
+        if log_sink is None:
+            if config.logging.file:
+                try:
+                    stream = open(config.logging.file, "a", encoding="utf-8", buffering=1)
+                except OSError as exc:
+                    raise ServerError(f"{config.source}: logging.file: cannot open {config.logging.file!r}: {exc.strerror}") from None
+                log_sink = StreamSink(stream, owns_stream=True)
+                fmt = "json" if config.logging.format == "auto" else config.logging.format
+            else:
+                log_sink = StreamSink(sys.stderr)
+                fmt = default_format(config.logging.format)
+        else:
+            fmt = "json" if config.logging.format == "auto" else config.logging.format
+        self.log_sink = log_sink
+        self.redactor = Redactor(u.secret for u in config.users.values())
+        self.log = make_logger(log_sink, config.logging.level, fmt, self.redactor)
+        self.sessions: Dict[int, Session] = {}
+        self.authenticated: Dict[int, Session] = {}
+        self.unauthenticated = 0
+        self.listener: Optional[socket.socket] = None
+        self.address: Optional[Tuple[str, int]] = None
+        self.plugins: List[PluginRecord] = []
+        self.actions = ActionRegistry()
+        self.started_at = time.monotonic()
+        self.reloaded_at = self.started_at
+        self.stats = {"events_published": 0, "slow_consumer_disconnects": 0, "sessions_accepted": 0}
+        self._dirty: List[Session] = []
+        self._stopping = False
+        self._running = False
+        self._privilege_cache: Dict[int, str] = {}
+        self._hooks: Dict[str, HookCaller] = {}
+        self.handle = ServerHandle(self.publish, self.loop.call_soon_threadsafe, self.loop.call_later, self.settings)
+
+    # ------------------------------------------------------------------ setup
+    def load(self) -> None:
+        """Load plugins and collect actions (no socket is opened)."""
+        from ami_server.builtin.config_auth import ConfigBackend
+
+        extra = [("config", ConfigBackend(self.config.users)), *self._extra_plugins]
+        try:
+            self.plugins = load_plugins(self.manager, self.config.plugins, extra, self._entry_points)
+            self.actions = collect_actions(self.manager, self.plugins, self.handle, self.config.plugins.tables)
+        except Exception as exc:
+            raise ServerError(str(exc)) from exc
+        for name in ("on_event", "on_session_open", "on_session_close", "authenticate"):
+            self._hooks[name] = HookCaller(self.manager, name)
+
+    def start(self) -> Tuple[str, int]:
+        """Load plugins, bind and listen; returns the bound address."""
+        self.load()
+        host, port = self.settings.host, self.settings.port
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise ServerError(f"{self.config.source}: server.host: cannot resolve {host!r}: {exc}") from None
+        family, _, _, _, sockaddr = infos[0]
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(sockaddr)
+            listener.listen(512)
+        except OSError as exc:
+            listener.close()
+            raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        listener.setblocking(False)
+        self.listener = listener
+        self.address = listener.getsockname()[:2]
+        self.loop.register(listener, selectors.EVENT_READ, self._on_accept)
+        self.log.info(
+            "ServerStarted",
+            address=f"{self.address[0]}:{self.address[1]}",
+            plugins=[r.name for r in self.plugins if r.status == "loaded"],
+            actions=len(self.actions),
+        )
+        return self.address
+
+    def serve_forever(self) -> None:
+        """Run the loop until :meth:`stop`; then close every session."""
+        self._running = True
+        try:
+            while not self._stopping:
+                self.loop.run_once(1.0)
+                self._flush_dirty()
+        finally:
+            self._shutdown()
+
+    def run_once(self, max_wait: float = 0.05) -> None:
+        """One loop turn (for embedding the server in another loop or in tests)."""
+        self.loop.run_once(max_wait)
+        self._flush_dirty()
+
+    def stop(self) -> None:
+        """Ask the loop to stop; safe from any thread and from signal handlers."""
+        self._stopping = True
+        try:
+            self.loop.call_soon_threadsafe(lambda: None)
+        except OSError:
+            pass
+
+    def _shutdown(self) -> None:
+        if self.listener is not None:
+            self.loop.unregister(self.listener)
+            self.listener.close()
+            self.listener = None
+        for session in list(self.sessions.values()):
+            self._close(session, "shutdown")
+        self.log.info("ServerStopped")
+        self.loop.close()
+        if self._own_sink:
+            self.log_sink.close()
+
+    def _loop_error(self, exc: BaseException) -> None:
+        self.log.error("LoopCallbackFailed", error=repr(exc), exc_info=exc)
+
+    # ------------------------------------------------------------- accepting
+    def _on_accept(self, mask: int) -> None:
+        assert self.listener is not None
+        for _ in range(64):
+            try:
+                sock, remote = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.log.warning("AcceptFailed", error=exc.strerror or str(exc))
+                return
+            self._accepted(sock, remote)
+
+    def _accepted(self, sock: socket.socket, remote: Any) -> None:
+        local = sock.getsockname()
+        transport = "TCP"
+        remote_address = format_address(remote, transport)
+        local_address = format_address(local, transport)
+        if self.unauthenticated >= self.settings.auth_limit:
+            sock.close()
+            self.audit(
+                "AuthLimitReached", remote_address=remote_address, local_address=local_address,
+                limit=self.settings.auth_limit,
+            )
+            return
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        session = Session(
+            sock, new_session_id(s.session_id for s in self.sessions.values()),
+            remote, local, remote_address, local_address, transport, time.time(),
+        )
+        self.sessions[session.fd] = session
+        self.unauthenticated += 1
+        self.stats["sessions_accepted"] += 1
+        self.audit("SessionOpened", **self._who(session))
+        self._call_hook("on_session_open", session=session.info())
+        self.loop.register(sock, selectors.EVENT_READ, lambda m, s=session: self._on_ready(s, m))
+        session.selector_events = selectors.EVENT_READ
+        session.auth_timer = self.loop.call_later(self.settings.auth_timeout, lambda: self._auth_timeout(session))
+        self._write(session, f"Asterisk Call Manager/{self.settings.ami_version}\r\n".encode())
+
+    def _auth_timeout(self, session: Session) -> None:
+        if session.closed or session.state == AUTHENTICATED:
+            return
+        if session.close_after_flush:
+            return
+        self.audit("AuthTimeout", **self._who(session), timeout=self.settings.auth_timeout)
+        self._close(session, "auth timeout")
+
+    # ------------------------------------------------------------------- I/O
+    def _on_ready(self, session: Session, mask: int) -> None:
+        if session.closed:
+            return
+        if mask & selectors.EVENT_WRITE:
+            self._send(session)
+            if session.closed:
+                return
+        if mask & selectors.EVENT_READ:
+            self._receive(session)
+
+    def _receive(self, session: Session) -> None:
+        try:
+            data = session.sock.recv(_RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(session, "I/O error")
+            return
+        if not data:
+            session.eof = True
+            self._update_interest(session)
+            if session.current is not None and session.current.wait_reply is not None:
+                # A wait ended by the peer going away: nothing is sent (B-5.11).
+                self._close(session, "peer closed")
+                return
+            self._process_input(session)
+            return
+        if session.state == CLOSING:
+            return  # failed login or logoff: input is discarded (A-3.8, B-5.2)
+        session.parser.feed(data)
+        run = session.current
+        if run is not None and run.wait_reply is not None:
+            self._complete(session, run, run.wait_reply)
+            return
+        self._process_input(session)
+
+    def _process_input(self, session: Session) -> None:
+        """Dispatch buffered messages one at a time while the session may run one (R-2.9, Q-7.7)."""
+        limit = self.settings.output_queue_limit
+        exhausted = False
+        while (
+            not session.closed
+            and session.state != CLOSING
+            and session.current is None
+            and len(session.out) <= limit
+        ):
+            message = session.parser.next_message()
+            if message is None:
+                exhausted = True
+                break
+            self._dispatch(session, message)
+        if session.closed:
+            return
+        if session.eof and exhausted:
+            # P-1.17: every complete message was answered; a partial one is dropped.
+            self._close_after_flush(session, "peer closed")
+            return
+        self._update_interest(session)
+
+    def _update_interest(self, session: Session) -> None:
+        if session.closed:
+            return
+        events = 0
+        if not session.eof and session.parser.buffered < INPUT_LIMIT:
+            events |= selectors.EVENT_READ
+        if session.out:
+            events |= selectors.EVENT_WRITE
+        if events != session.selector_events:
+            if events:
+                callback = lambda m, s=session: self._on_ready(s, m)  # noqa: E731
+                if session.selector_events:
+                    self.loop.modify(session.sock, events, callback)
+                else:
+                    self.loop.register(session.sock, events, callback)
+            else:
+                self.loop.unregister(session.sock)
+            session.selector_events = events
+
+    def _write(self, session: Session, data: bytes) -> None:
+        if session.closed:
+            return
+        if not session.out:
+            self._dirty.append(session)
+        session.out += data
+
+    def _flush_dirty(self) -> None:
+        while self._dirty:
+            dirty, self._dirty = self._dirty, []
+            for session in dirty:
+                if not session.closed:
+                    self._send(session)
+
+    def _send(self, session: Session) -> None:
+        out = session.out
+        if out:
+            try:
+                sent = session.sock.send(out)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._close(session, "I/O error")
+                return
+            if sent:
+                del out[:sent]
+        if not out and session.close_after_flush:
+            self._close(session, session.close_reason)
+            return
+        self._update_interest(session)
+        if (
+            session.current is None
+            and session.state != CLOSING
+            and len(out) <= self.settings.output_queue_limit
+            and (session.parser.buffered or session.eof)
+        ):
+            # Output drained below the limit: resume dispatching (Q-7.7).
+            self._process_input(session)
+
+    def _close_after_flush(self, session: Session, reason: str) -> None:
+        session.state = CLOSING
+        session.close_after_flush = True
+        session.close_reason = reason
+        session.changed()
+        if not session.out:
+            self._close(session, reason)
+            return
+        if session.linger_timer is None:
+            session.linger_timer = self.loop.call_later(LINGER_SECONDS, lambda: self._close(session, reason))
+        self._update_interest(session)
+
+    def _close(self, session: Session, reason: str) -> None:
+        """Close at once; run ``on_session_close`` exactly once (Q-7.9)."""
+        if session.closed:
+            return
+        session.closed = True
+        was_authenticated = session.fd in self.authenticated
+        self.sessions.pop(session.fd, None)
+        self.authenticated.pop(session.fd, None)
+        if not was_authenticated:
+            self.unauthenticated -= 1
+        for timer in (session.auth_timer, session.linger_timer):
+            if timer is not None:
+                timer.cancel()
+        run = session.current
+        if run is not None:
+            if run.timer is not None:
+                run.timer.cancel()
+            if run.deferred is not None:
+                run.deferred._cancel()
+        session.current = None
+        if session.selector_events:
+            self.loop.unregister(session.sock)
+            session.selector_events = 0
+        try:
+            session.sock.close()
+        except OSError:
+            pass
+        session.state = CLOSING
+        session.changed()
+        info = session.info()
+        self.audit(
+            "SessionClosed", **self._who(session), reason=reason,
+            duration=round(time.time() - session.opened_at, 3),
+        )
+        self._call_hook("on_session_close", session=info, reason=reason)
+
+    # -------------------------------------------------------------- dispatch
+    def _dispatch(self, session: Session, message: Message) -> None:
+        """R-2.8: the first step that answers ends it."""
+        action_id = message.action_id
+        if message.error is not None:
+            self._write(session, render_response("Error", action_id, message.error))
+            return
+        name = message.action
+        if not name:
+            if not message.empty:
+                self._security(session, "RequestBadFormat", extra=(("RequestType", "Action: NONE"),))
+            self._write(session, render_response("Error", action_id, "Missing action in request"))
+            return
+        key = name.lower()
+        authenticated = session.state == AUTHENTICATED
+        if not authenticated and key not in _PRE_LOGIN:
+            self._deny(session, name, action_id)
+            return
+        if not authenticated and key in ("login", "challenge"):
+            username = message.get("Username") or ""
+            if username and self._login_in_use(username):
+                run = ActionRun(name, action_id, time.monotonic(), None, True)
+                session.current = run
+                self._security(session, "SessionLimit", account=username)
+                self._handle_result(session, run, self._fail_later(session, run, "Login Already In Use", "login in use"))
+                return
+        entry = self.actions.get(key)
+        if entry is None:
+            self._security(session, "RequestBadFormat", extra=(("RequestType", _cut(f"Action: {name}", 63)),))
+            text = f"Invalid/unknown command: {name}. Use Action: ListCommands to show available commands."
+            self._write(session, render_response("Error", action_id, _cut(text, 511)))
+            return
+        action = entry.action
+        if action.privileges and not action.privileges & session.write:
+            self._deny(session, name, action_id)
+            return
+        audit = not action.read_only or self.config.logging.audit_read_only_actions
+        run = ActionRun(action.name, action_id, time.monotonic(), entry, audit)
+        session.current = run
+        context = ActionContext(
+            message, session.info(), _SessionBackend(self, session, run), entry.config,
+            self.log.bind(plugin=entry.plugin, action=action.name, session=session.session_id),
+        )
+        try:
+            result = action.handler(context)
+        except ActionError as exc:
+            result = exc.response
+        except Exception as exc:  # noqa: BLE001 - R-2.12
+            self._handler_failed(session, run, exc)
+            return
+        self._handle_result(session, run, result)
+
+    def _handle_result(self, session: Session, run: ActionRun, result: Any) -> None:
+        if isinstance(result, Response):
+            self._finish(session, run, result)
+        elif isinstance(result, Deferred):
+            run.deferred = result
+            if run.timer is None and run.wait_reply is None and not session.state == CLOSING:
+                run.timer = self.loop.call_later(self.settings.action_timeout, lambda: self._timed_out(session, run))
+            result._bind(lambda response: self._resolve_threadsafe(session, run, response))
+        else:
+            self._handler_failed(session, run, TypeError(f"handler returned {type(result).__name__}, not a Response or Deferred"))
+
+    def _resolve_threadsafe(self, session: Session, run: ActionRun, response: Any) -> None:
+        if self.loop.in_loop_thread():
+            self.loop.call_soon(lambda: self._complete(session, run, response))
+        else:
+            self.loop.call_soon_threadsafe(lambda: self._complete(session, run, response))
+
+    def _complete(self, session: Session, run: ActionRun, response: Any) -> None:
+        """A deferred reply arrived on the loop: write it unless it is stale."""
+        if session.closed or session.current is not run:
+            return
+        if run.deferred is not None:
+            run.deferred._cancel()
+        if not isinstance(response, Response):
+            self._handler_failed(session, run, TypeError(f"deferred completed with {type(response).__name__}, not a Response"))
+        else:
+            self._finish(session, run, response)
+        if not session.closed:
+            self.loop.call_soon(lambda: self._process_input(session))
+
+    def _timed_out(self, session: Session, run: ActionRun) -> None:
+        if session.closed or session.current is not run:
+            return
+        self.log.warning("ActionTimedOut", action=run.name, session=session.session_id, timeout=self.settings.action_timeout)
+        if run.deferred is not None:
+            run.deferred._cancel()
+        self._finish(session, run, Response.error("Action timed out"))
+        self.loop.call_soon(lambda: self._process_input(session))
+
+    def _handler_failed(self, session: Session, run: ActionRun, exc: BaseException) -> None:
+        plugin = run.entry.plugin if run.entry else "core"
+        self.log.error(
+            "ActionFailed", action=run.name, plugin=plugin, session=session.session_id,
+            error=repr(exc), traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        )
+        self._finish(session, run, Response.error("Internal error"))
+
+    def _finish(self, session: Session, run: ActionRun, response: Response) -> None:
+        """Write a complete reply, then the events queued meanwhile (R-2.9, R-2.10)."""
+        if run.timer is not None:
+            run.timer.cancel()
+        action_id = run.action_id
+        try:
+            parts = [render_response(response.status, action_id, response.message, response.headers, response.list_start)]
+            for block in response.blocks:
+                parts.append(render_block(block.name, block.headers, action_id if block.with_action_id else ""))
+            completion = b""
+            if response.completion is not None:
+                block = response.completion
+                completion = render_block(block.name, block.headers, action_id if block.with_action_id else "")
+        except Exception as exc:  # noqa: BLE001 - an invalid reply is an internal error
+            if response.status == "Error" and response.message == "Internal error":
+                raise
+            self._handler_failed(session, run, exc)
+            return
+        if completion and not response.events_before_completion:
+            parts.append(completion)
+            completion = b""
+        session.current = None
+        if response.close:
+            session.pending.clear()
+            session.pending_bytes = 0
+        elif session.state == AUTHENTICATED and session.pending:
+            parts.extend(session.pending)
+            session.pending.clear()
+            session.pending_bytes = 0
+        if completion:
+            parts.append(completion)
+        self._write(session, b"".join(parts))
+        if run.audit:
+            self.audit(
+                "ActionExecuted", **self._who(session), action=run.name, action_id=run.action_id,
+                result=response.status, message=response.message,
+                duration_ms=round((time.monotonic() - run.started) * 1000, 3),
+            )
+        if response.close:
+            reason = session.close_reason or "logoff"
+            self._close_after_flush(session, reason)
+
+    def _deny(self, session: Session, name: str, action_id: str) -> None:
+        self._security(session, "RequestNotAllowed", extra=(("RequestType", _cut(f"Action: {name}", 63)),))
+        self.audit("ActionDenied", **self._who(session), action=name, action_id=action_id)
+        self._write(session, render_response("Error", action_id, "Permission denied"))
+
+    # ---------------------------------------------------------------- login
+    def _login_in_use(self, username: str) -> bool:
+        key = username.lower()
+        user = self.config.user(key)
+        allowed = self.settings.allow_multiple_login
+        if user is not None and user.allow_multiple_login is not None:
+            allowed = user.allow_multiple_login
+        if allowed:
+            return False
+        return any(s.user_key == key for s in self.authenticated.values())
+
+    def _fail_later(self, session: Session, run: ActionRun, message: str, reason: str) -> Deferred:
+        """A-3.8: enter CLOSING now, answer ``message`` after the delay, then close."""
+        session.state = CLOSING
+        session.close_reason = reason
+        session.changed()
+        deferred = Deferred()
+        run.timer = self.loop.call_later(
+            self.settings.login_failure_delay,
+            lambda: deferred.complete(Response("Error", message, close=True)),
+        )
+        return deferred
+
+    def _login(self, session: Session, run: ActionRun, request: Message) -> Any:
+        if session.state == AUTHENTICATED:
+            return Response.success("Already authenticated")
+        username = request.get("Username") or ""
+        if not username:
+            self.audit("LoginFailed", **self._who(session, ""), reason="no username")
+            return self._fail_later(session, run, "Authentication failed", "login failed")
+        md5 = (request.get("AuthType") or "").lower() == "md5"
+        auth = AuthRequest(
+            username=username,
+            auth_type="md5" if md5 else "plain",
+            secret=None if md5 else request.get("Secret"),
+            challenge=session.challenge if md5 else None,
+            key=request.get("Key") if md5 else None,
+            remote_address=session.remote_address,
+            local_address=session.local_address,
+            transport=session.transport,
+        )
+        backend, decision = self._authenticate(session, auth)
+        if decision is None:
+            decision = AuthDecision.reject("unknown_user")
+        if not decision.accepted:
+            event = _REJECT_EVENTS.get(decision.reason or "")
+            if event == "ChallengeResponseFailed":
+                self._security(session, event, account=username, extra=(("Challenge", session.challenge or ""),))
+            elif event:
+                self._security(session, event, account=username)
+            self.audit(
+                "LoginFailed", **self._who(session, username), auth_type=auth.auth_type,
+                reason=decision.reason or "rejected", backend=backend,
+            )
+            return self._fail_later(session, run, "Authentication failed", "login failed")
+        return self._accept_login(session, request, decision, backend, auth.auth_type)
+
+    def _authenticate(self, session: Session, auth: AuthRequest) -> Tuple[Optional[str], Optional[AuthDecision]]:
+        """Ask the backends in order; any failure is a rejection (fail closed, A-3.15)."""
+        for plugin, function, argnames in self._hooks["authenticate"].impls:
+            try:
+                result = function(*[{"request": auth}[a] for a in argnames])
+            except Exception as exc:  # noqa: BLE001
+                self.audit("AuthBackendError", **self._who(session, auth.username), backend=plugin, error=repr(exc))
+                return plugin, AuthDecision.reject()
+            if result is None:
+                continue
+            if not isinstance(result, AuthDecision):
+                self.audit(
+                    "AuthBackendError", **self._who(session, auth.username), backend=plugin,
+                    error=f"returned {type(result).__name__}, not an AuthDecision",
+                )
+                return plugin, AuthDecision.reject()
+            return plugin, result
+        return None, None
+
+    def _accept_login(
+        self, session: Session, request: Message, decision: AuthDecision, backend: Optional[str], auth_type: str
+    ) -> Response:
+        """A-3.7: authenticate, publish SuccessfulAuth, answer, FullyBooted, pending events."""
+        username = request.get("Username") or ""
+        session.state = AUTHENTICATED
+        session.username = username
+        session.user_key = username.lower()
+        session.read = decision.read
+        session.write = decision.write
+        mask = parse_event_mask(request.get("Events"))
+        if mask is not None:
+            session.mask = mask
+        session.login_time = time.time()
+        if session.auth_timer is not None:
+            session.auth_timer.cancel()
+            session.auth_timer = None
+        self.unauthenticated -= 1
+        self.authenticated[session.fd] = session
+        session.changed()
+        self.audit("LoginSucceeded", **self._who(session), auth_type=auth_type, backend=backend)
+        self._security(session, "SuccessfulAuth", extra=(("UsingPassword", "0"),))
+        blocks: Tuple[Block, ...] = ()
+        if session.read & session.mask & _SYSTEM:
+            now = time.monotonic()
+            blocks = (
+                Block(
+                    "FullyBooted",
+                    (
+                        ("Privilege", "system,all"),
+                        ("Uptime", str(int(now - self.started_at))),
+                        ("LastReload", str(int(now - self.reloaded_at))),
+                        ("Status", "Fully Booted"),
+                    ),
+                    with_action_id=False,
+                ),
+            )
+        return Response("Success", "Authentication accepted", blocks=blocks)
+
+    # ---------------------------------------------------------------- events
+    def publish(self, event: Event) -> None:
+        """Render once, deliver to every session that may receive it (Q-7.2 to Q-7.5).
+
+        Safe from any thread: off the loop, the publication is handed over.
+        """
+        if not self.loop.in_loop_thread():
+            self.loop.call_soon_threadsafe(lambda: self.publish(event))
+            return
+        if not isinstance(event, Event):
+            raise TypeError(f"publish() takes an Event, not {type(event).__name__}")
+        self.stats["events_published"] += 1
+        data = self._render_event(event)
+        classes = event.classes
+        for session in list(self.authenticated.values()):
+            if session.read & classes == classes and session.mask & classes == classes:
+                self._deliver(session, data)
+        if event.name in _SECURITY_EVENT_NAMES:
+            self.audit(event.name, **{name: value for name, value in event.headers})
+        hook = self._hooks.get("on_event")
+        if hook:
+            hook.call(self._hook_error("on_event"), event=event)
+
+    def _render_event(self, event: Event) -> bytes:
+        privilege = self._privilege_cache.get(event.classes)
+        if privilege is None:
+            privilege = self._privilege_cache[event.classes] = format_privilege(event.classes)
+        lines = [f"Event: {event.name}\r\nPrivilege: {privilege}\r\n"]
+        if self.settings.timestamp_events:
+            lines.append(f"Timestamp: {time.time():.6f}\r\n")
+        if self.settings.system_name:
+            lines.append(f"SystemName: {self.settings.system_name}\r\n")
+        for name, value in event.headers:
+            if "\r" in value or "\n" in value:
+                value = clean(value)
+            lines.append(f"{name}: {value}\r\n")
+        lines.append("\r\n")
+        return encode("".join(lines))
+
+    def _deliver(self, session: Session, data: bytes) -> None:
+        """Append to the output buffer, or to the pending list while an action runs (Q-7.4)."""
+        if session.closed or session.state != AUTHENTICATED:
+            return
+        if len(session.out) + session.pending_bytes + len(data) > self.settings.output_queue_limit:
+            self.stats["slow_consumer_disconnects"] += 1
+            self.audit(
+                "SlowConsumerDisconnect", **self._who(session),
+                buffered=len(session.out) + session.pending_bytes, limit=self.settings.output_queue_limit,
+            )
+            self._close(session, "slow consumer")
+            return
+        run = session.current
+        if run is None:
+            self._write(session, data)
+            return
+        session.pending.append(data)
+        session.pending_bytes += len(data)
+        if run.wait_reply is not None:
+            self._resolve_threadsafe(session, run, run.wait_reply)
+
+    def _wait_for_event(self, session: Session, run: ActionRun, timeout: Optional[float], reply: Response) -> Deferred:
+        deferred = Deferred()
+        if timeout == 0 or session.parser.has_input or session.pending:
+            deferred.complete(reply)
+            return deferred
+        run.wait_reply = reply
+        if timeout is not None:
+            run.timer = self.loop.call_later(timeout, lambda: deferred.complete(reply))
+        return deferred
+
+    # ----------------------------------------------------------- security
+    def _security(self, session: Session, name: str, account: Optional[str] = None, extra: Tuple[Tuple[str, str], ...] = ()) -> None:
+        self.publish(
+            security_event(
+                name,
+                session_id=session.session_id,
+                local_address=session.local_address,
+                remote_address=session.remote_address,
+                account_id=session.username if account is None else account,
+                session_tv=session.login_time,
+                extra=extra,
+            )
+        )
+
+    # ---------------------------------------------------------------- audit
+    def audit(self, record: str, **fields: Any) -> None:
+        self.log.info(record, audit=True, **fields)
+
+    @staticmethod
+    def _who(session: Session, username: Optional[str] = None) -> Dict[str, Any]:
+        """The fields every audit record about a session carries."""
+        return {
+            "session": session.session_id,
+            "remote_address": session.remote_address,
+            "local_address": session.local_address,
+            "tls": session.transport == "TLS",
+            "username": session.username if username is None else username,
+        }
+
+    def _call_hook(self, name: str, **kwargs: Any) -> None:
+        hook = self._hooks.get(name)
+        if hook:
+            hook.call(self._hook_error(name), **kwargs)
+
+    def _hook_error(self, hook: str) -> Callable[[str, BaseException], None]:
+        def report(plugin: str, exc: BaseException) -> None:
+            self.log.error(
+                "HookFailed", hook=hook, plugin=plugin, error=repr(exc),
+                traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+            )
+
+        return report
+
+
+def _cut(text: str, limit: int) -> str:
+    """Cut ``text`` to ``limit`` bytes of UTF-8 as Asterisk's fixed buffers do."""
+    data = encode(text)
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode("utf-8", "surrogateescape")

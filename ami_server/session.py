@@ -1,0 +1,113 @@
+"""Per-connection state: authentication, classes, mask, buffers (spec §2-§3)."""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING, Any, List, Optional
+
+from .api import Deferred, Response, SessionInfo, TimerHandle
+from .privileges import ALL
+from .protocol import Parser
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .plugins import RegisteredAction
+    from .protocol import Message
+
+__all__ = ["Session", "ActionRun", "PREAUTH", "AUTHENTICATED", "CLOSING"]
+
+PREAUTH = "PREAUTH"
+AUTHENTICATED = "AUTHENTICATED"
+CLOSING = "CLOSING"
+
+
+class ActionRun:
+    """The action a session is running; replies for a stale run are discarded."""
+
+    __slots__ = ("name", "action_id", "started", "deferred", "timer", "wait_reply", "entry", "audit")
+
+    def __init__(self, name: str, action_id: str, started: float, entry: Optional["RegisteredAction"], audit: bool) -> None:
+        self.name = name
+        self.action_id = action_id
+        self.started = started
+        self.entry = entry
+        self.audit = audit
+        self.deferred: Optional[Deferred] = None
+        self.timer: Optional[TimerHandle] = None
+        #: For WaitEvent: the reply to write when the wait ends.
+        self.wait_reply: Optional[Response] = None
+
+
+class Session:
+    """One accepted connection.
+
+    ``out`` holds bytes not yet accepted by the socket; ``pending`` holds
+    event blocks that became deliverable while an action ran (R-2.10).
+    """
+
+    __slots__ = (
+        "sock", "fd", "session_id", "transport", "remote", "local", "remote_address",
+        "local_address", "state", "parser", "out", "pending", "pending_bytes",
+        "username", "user_key", "read", "write", "mask", "challenge", "login_time",
+        "current", "eof", "close_after_flush", "close_reason", "auth_timer",
+        "linger_timer", "selector_events", "closed", "_info", "opened_at",
+    )
+
+    def __init__(self, sock: socket.socket, session_id: str, remote: Any, local: Any,
+                 remote_address: str, local_address: str, transport: str, opened_at: float) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.session_id = session_id
+        self.transport = transport
+        self.remote = remote
+        self.local = local
+        self.remote_address = remote_address
+        self.local_address = local_address
+        self.state = PREAUTH
+        self.parser = Parser()
+        self.out = bytearray()
+        self.pending: List[bytes] = []
+        self.pending_bytes = 0
+        self.username = ""
+        self.user_key = ""
+        self.read = 0
+        self.write = 0
+        self.mask = ALL
+        self.challenge: Optional[str] = None
+        self.login_time: Optional[float] = None
+        self.current: Optional[ActionRun] = None
+        self.eof = False
+        self.close_after_flush = False
+        self.close_reason = ""
+        self.auth_timer: Optional[TimerHandle] = None
+        self.linger_timer: Optional[TimerHandle] = None
+        self.selector_events = 0
+        self.closed = False
+        self._info: Optional[SessionInfo] = None
+        self.opened_at = opened_at
+
+    @property
+    def authenticated(self) -> bool:
+        return self.state == AUTHENTICATED
+
+    def info(self) -> SessionInfo:
+        """A snapshot for plugins, rebuilt only after the session changed."""
+        if self._info is None:
+            self._info = SessionInfo(
+                session_id=self.session_id,
+                remote_address=self.remote_address,
+                local_address=self.local_address,
+                transport=self.transport,
+                authenticated=self.state == AUTHENTICATED,
+                username=self.username,
+                read_classes=self.read,
+                write_classes=self.write,
+                event_mask=self.mask,
+            )
+        return self._info
+
+    def changed(self) -> None:
+        self._info = None
+
+    def receives(self, classes: int) -> bool:
+        """C-4.5: read set and mask both contain every class of the event."""
+        return self.read & classes == classes and self.mask & classes == classes

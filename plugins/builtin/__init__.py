@@ -1,0 +1,1 @@
+"""ami-server's builtin plugins: each module is a plugin using the public hooks."""

@@ -1,0 +1,19 @@
+"""ListCommands: the actions this session may run (B-5.7)."""
+
+from ami_server import Action, Response, hookimpl
+from ami_server.privileges import format_privilege
+
+
+def listcommands(ctx):
+    lines = [
+        (a.name, f"{a.synopsis.rstrip()}  (Priv: {format_privilege(a.privileges)})")
+        for a in ctx.permitted_actions()
+    ]
+    return Response.success(headers=lines)
+
+
+@hookimpl
+def register_actions():
+    return [
+        Action("ListCommands", listcommands, "List available manager commands.", (), read_only=True)
+    ]
