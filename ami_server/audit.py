@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import logging
 import queue
+import re
 import sys
 import threading
 from typing import Any, Callable, Iterable, List, Optional, TextIO
@@ -23,6 +24,11 @@ REDACTED = "[redacted]"
 #: Field names whose values are never logged, whatever they hold (A-3.16, D-8.8).
 SENSITIVE_KEYS = frozenset(
     {"secret", "key", "secret_hash", "password", "expected_response", "expectedresponse", "credentials"}
+)
+
+# "Secret: x", "key=x", "'Key': 'x'" inside free text (a logged request line, a repr).
+_INLINE_SECRET_RE = re.compile(
+    r"""(?i)((?:secret|key|secret_hash)['"]?\s*[:=]\s*['"]?)[^\s'",}\])]+"""
 )
 
 _LEVELS = {
@@ -132,13 +138,15 @@ class Redactor:
             for secret in self._secrets:
                 if secret in value:
                     value = value.replace(secret, REDACTED)
-            return value
+            return _INLINE_SECRET_RE.sub(lambda m: m.group(1) + REDACTED, value)
         if isinstance(value, dict):
             return {
                 k: (REDACTED if str(k).lower() in SENSITIVE_KEYS else self._scrub(v))
                 for k, v in value.items()
             }
         if isinstance(value, (list, tuple)):
+            if len(value) == 2 and isinstance(value[0], str) and value[0].lower() in SENSITIVE_KEYS:
+                return type(value)((value[0], REDACTED))  # a (name, value) header pair
             return type(value)(self._scrub(v) for v in value)
         return value
 

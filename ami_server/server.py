@@ -186,6 +186,16 @@ class Server:
             raise ServerError(str(exc)) from exc
         for name in ("on_event", "on_session_open", "on_session_close", "authenticate"):
             self._hooks[name] = HookCaller(self.manager, name)
+        # Only the backends named in [auth] backends are asked, in that order:
+        # installing a package never silently adds an authenticator.
+        auth = self._hooks["authenticate"]
+        by_plugin = {plugin: (plugin, function, argnames) for plugin, function, argnames in auth.impls}
+        missing = [name for name in self.config.auth_backends if name not in by_plugin]
+        if missing:
+            raise ServerError(
+                f"{self.config.source}: auth.backends: no loaded plugin named {missing[0]!r} implements authenticate"
+            )
+        auth.impls = [by_plugin[name] for name in self.config.auth_backends]
 
     def start(self) -> Tuple[str, int]:
         """Load plugins, bind and listen; returns the bound address."""

@@ -1,0 +1,164 @@
+"""The sans-IO protocol core, without sockets (spec §1)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings, strategies as st
+
+from ami_server.protocol import (
+    MAX_LINES,
+    TOO_LONG,
+    TOO_MANY,
+    Message,
+    Parser,
+    render_block,
+    render_response,
+)
+
+
+def parse_all(*chunks: bytes) -> list[Message]:
+    parser = Parser()
+    out = []
+    for chunk in chunks:
+        parser.feed(chunk)
+        out.extend(parser.messages())
+    return out
+
+
+def test_crlf_and_bare_lf_both_end_lines_p_1_4():
+    [msg] = parse_all(b"Action: Ping\nActionID: a\r\n\n")
+    assert msg.action == "Ping" and msg.action_id == "a"
+
+
+def test_lone_cr_is_data_p_1_4():
+    [msg] = parse_all(b"Action: Ping\r\r\n\r\n")
+    assert msg.action == "Ping\r"
+    [msg] = parse_all(b"Action: Ping\rActionID: x\r\n\r\n")
+    assert msg.action == "Ping\rActionID: x" and msg.action_id == ""
+
+
+def test_nul_cuts_the_line_p_1_5():
+    [msg] = parse_all(b"Action: Ping\x00junk\r\nActionID: 7\r\n\r\n")
+    assert msg.lines == ("Action: Ping", "ActionID: 7")
+    # A line that is empty after the cut is an empty line: it ends the message.
+    msgs = parse_all(b"Action: Ping\r\n\x00rest\r\n")
+    assert [m.action for m in msgs] == ["Ping"]
+
+
+def test_line_limits_match_asterisk_p_1_6():
+    ok = parse_all(b"Action: Ping\r\nX: " + b"a" * (1022 - 3) + b"\r\n\r\n")
+    assert [m.error for m in ok] == [None]
+    # 1023 bytes + CRLF: too long, and the split CR|LF ends the message early.
+    msgs = parse_all(b"Action: Ping\r\nX: " + b"a" * (1023 - 3) + b"\r\n\r\n")
+    assert [m.error for m in msgs] == [TOO_LONG, None]
+    assert msgs[1].empty
+    for size in (1024, 1100, 3000):
+        msgs = parse_all(b"Action: Ping\r\nActionID: L\r\nX: " + b"b" * (size - 3) + b"\r\n\r\n")
+        assert [m.error for m in msgs] == [TOO_LONG]
+        assert msgs[0].action_id == "L"
+
+
+def test_bare_lf_line_of_1023_bytes_is_accepted_p_1_6():
+    [msg] = parse_all(b"Action: Ping\nX: " + b"c" * (1023 - 3) + b"\n\n")
+    assert msg.error is None
+
+
+def test_long_line_holds_at_most_one_kibibyte():
+    parser = Parser()
+    parser.feed(b"Action: Ping\r\nX: ")
+    for _ in range(1000):
+        parser.feed(b"z" * 1000)
+        assert parser.next_message() is None
+        assert parser.buffered < 1024
+
+
+def test_too_many_lines_p_1_9_and_marks_reset_d_8_13():
+    lines = [b"Action: Ping", b"ActionID: m"] + [b"X-%d: v" % i for i in range(MAX_LINES - 2)]
+    [msg] = parse_all(b"\r\n".join(lines) + b"\r\n\r\n")
+    assert msg.error is None and len(msg.lines) == MAX_LINES
+    long_and_many = lines + [b"Y: " + b"q" * 2000, b"Z: 1"]
+    msgs = parse_all(b"\r\n".join(long_and_many) + b"\r\n\r\nAction: Ping\r\n\r\n")
+    assert [m.error for m in msgs] == [TOO_MANY, None]
+    assert msgs[0].action_id == "m"
+
+
+def test_header_rules_p_1_11_to_p_1_13():
+    [msg] = parse_all(
+        b"action:\tPing   \r\nACTIONID:\r\nActionID: later\r\n Action: Nope\r\nAction : Nope\r\n"
+        b"Variable: a=1\r\nnocolon\r\nVariable: b=2\r\nAction: Other\r\n\r\n"
+    )
+    assert msg.action == "Ping   "
+    assert msg.action_id == ""  # the first ActionID wins even when empty
+    assert msg.get_all("variable") == ["a=1", "b=2"]
+    assert "nocolon" in msg.lines
+    [msg] = parse_all(b"Action:\r\nAction: Ping\r\n\r\n")
+    assert msg.action == "Ping"  # Action: the first non-empty one
+
+
+def test_value_leading_control_bytes_are_stripped():
+    [msg] = parse_all(b"Action: \x01\x02 \tPing\r\n\r\n")
+    assert msg.action == "Ping"
+
+
+def test_empty_message_p_1_8():
+    msgs = parse_all(b"\r\n\n")
+    assert len(msgs) == 2 and all(m.empty and m.error is None for m in msgs)
+
+
+def test_invalid_utf8_roundtrips_p_1_22():
+    raw = b"Action: UserEvent\r\nX: \xff\xfe caf\xc3\xa9\r\n\r\n"
+    [msg] = parse_all(raw)
+    out = render_block("UserEvent", msg.headers()[1:])
+    assert b"X: \xff\xfe caf\xc3\xa9\r\n" in out
+
+
+def test_render_response_order_and_cr_lf_cleaning_r_2_1_p_1_20():
+    data = render_response("Error", "id\r1", "bad\nthing", [("Extra", "x\r\ny")])
+    assert data == b"Response: Error\r\nActionID: id 1\r\nMessage: bad thing\r\nExtra: x  y\r\n\r\n"
+    assert render_response("Success", "", None, [("Empty", "")]) == b"Response: Success\r\nEmpty: \r\n\r\n"
+    assert render_response("Success", "a", "m", list_start=True).startswith(
+        b"Response: Success\r\nActionID: a\r\nEventList: start\r\nMessage: m\r\n"
+    )
+
+
+def test_has_input_counts_partial_data():
+    parser = Parser()
+    parser.feed(b"Action: Ping\r\n\r\nAct")
+    assert parser.next_message().action == "Ping"
+    assert parser.has_input
+    parser.feed(b"ion: Ping\r\n")
+    assert parser.next_message() is None and parser.has_input
+
+
+# -- properties ---------------------------------------------------------------
+
+_line = st.one_of(
+    st.sampled_from([b"Action: Ping", b"ActionID: 1", b"", b"Action: Login", b"X:y", b"\r", b"\x00"]),
+    st.binary(max_size=40),
+    st.binary(min_size=1000, max_size=1100),
+)
+_stream = st.lists(_line, max_size=40).map(lambda ls: b"\n".join(ls) + b"\n")
+
+
+def _summary(messages):
+    return [(m.lines, m.error, m.empty) for m in messages]
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.one_of(st.binary(max_size=4000), _stream), cuts=st.lists(st.integers(0, 4000), max_size=12))
+def test_any_split_gives_the_same_messages(data, cuts):
+    whole = parse_all(data)
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    chunks = [data[a:b] for a, b in zip([0] + points, points + [len(data)])]
+    assert _summary(parse_all(*chunks)) == _summary(whole)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.one_of(st.binary(max_size=6000), _stream))
+def test_no_input_raises_and_memory_stays_bounded(data):
+    parser = Parser()
+    for i in range(0, len(data), 97):
+        parser.feed(data[i : i + 97])
+        for message in parser.messages():
+            assert len(message.lines) <= MAX_LINES
+            message.action, message.action_id, message.headers()
+        assert parser.buffered < 1024 + 97

@@ -1,0 +1,369 @@
+"""End-to-end behaviour over real sockets against a server thread."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from ami_server import Action, ActionError, Event, Response, hookimpl
+from ami_server.testing import AMIClient, make_config, running_server
+
+from conftest import USERS
+
+
+def config(**server):
+    return make_config({"users": USERS}, **server)
+
+
+def test_own_userevent_follows_the_response_r_2_10():
+    with running_server(config()) as srv, srv.client() as c:
+        assert c.login("admin", "adminpass", events="user")["Message"] == "Authentication accepted"
+        c.send("UserEvent", [("UserEvent", "Mine"), ("ActionID", "u1")])
+        first = c.read_block()
+        second = c.read_block()
+        assert first["Response"] == "Success" and first["Message"] == "Event Sent"
+        assert second["Event"] == "UserEvent" and second["UserEvent"] == "Mine"
+
+
+def test_events_reach_only_sessions_whose_classes_and_mask_allow_c_4_5():
+    with running_server(config()) as srv, srv.client() as admin, srv.client() as limited, srv.client() as masked:
+        admin.login("admin", "adminpass", events="off")
+        limited.login("limited", "limitedpass")
+        masked.login("reader", "readerpass", events="call")
+        admin.action("UserEvent", [("UserEvent", "X")])
+        # Ping after the event: its response would come after the event if one were sent.
+        for client in (limited, masked):
+            reply = client.action("Ping")
+            assert reply["Ping"] == "Pong"
+            assert client.events == []
+
+
+def test_failed_login_delay_does_not_block_other_sessions_a_3_8():
+    with running_server(config(login_failure_delay=1.0)) as srv, srv.client() as bad, srv.client() as good:
+        good.login("admin", "adminpass", events="off")
+        bad.send("Login", [("Username", "admin"), ("Secret", "wrong"), ("ActionID", "b")])
+        bad.send("Login", [("Username", "admin"), ("Secret", "adminpass")])  # pipelined: never processed
+        for _ in range(5):
+            assert good.action("Ping")["Ping"] == "Pong"
+        bad.sock.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            bad.sock.recv(100)  # still inside the delay
+        bad.sock.setblocking(True)
+        rest = bad.read_until_closed(timeout=5)
+        assert rest == b"Response: Error\r\nActionID: b\r\nMessage: Authentication failed\r\n\r\n"
+
+
+def test_login_in_use_a_3_13():
+    with running_server(config(allow_multiple_login=False)) as srv, srv.client() as first, srv.client() as second:
+        first.login("admin", "adminpass")
+        second.send("Login", [("Username", "ADMIN"), ("Secret", "irrelevant"), ("ActionID", "dup")])
+        assert second.read_until_closed() == (
+            b"Response: Error\r\nActionID: dup\r\nMessage: Login Already In Use\r\n\r\n"
+        )
+        event = first.wait_event("SessionLimit")
+        assert event["AccountID"] == "ADMIN"
+        # Another user is not affected.
+        with srv.client() as other:
+            assert other.login("reader", "readerpass")["Message"] == "Authentication accepted"
+
+
+def test_per_user_override_of_multiple_login():
+    users = dict(USERS, solo={"secret": "solopass", "read": "all", "write": "all", "allow_multiple_login": False})
+    with running_server(make_config({"users": users})) as srv, srv.client() as a, srv.client() as b, srv.client() as c:
+        a.login("solo", "solopass")
+        b.send("Login", [("Username", "solo"), ("Secret", "solopass")])
+        assert b"Login Already In Use" in b.read_until_closed()
+        c.login("admin", "adminpass")
+        with srv.client() as d:
+            assert d.login("admin", "adminpass")["Message"] == "Authentication accepted"
+
+
+def test_slow_consumer_is_cut_off_and_others_are_served_q_7_6():
+    limit = 65536
+    with running_server(config(output_queue_limit=limit)) as srv:
+        slow = socket.create_connection((srv.host, srv.port), timeout=5)
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.sendall(b"Action: Login\r\nUsername: reader\r\nSecret: readerpass\r\nEvents: user\r\n\r\n")
+        with srv.client() as publisher, srv.client() as pinger:
+            publisher.login("admin", "adminpass", events="off")
+            pinger.login("reader", "readerpass", events="off")
+            payload = "x" * 900
+            closed = False
+            for i in range(5000):
+                publisher.action("UserEvent", [("UserEvent", "Flood"), ("Data", payload)])
+                if i % 50 == 0:
+                    assert pinger.action("Ping")["Ping"] == "Pong"
+                    if srv.call(lambda: srv.server.stats["slow_consumer_disconnects"]):
+                        closed = True
+                        break
+            assert closed, "the stalled session was never disconnected"
+            assert pinger.action("Ping")["Ping"] == "Pong"
+        slow.close()
+        text = srv.log.text()
+        assert '"event": "SlowConsumerDisconnect"' in text
+        assert '"reason": "slow consumer"' in text
+        # Memory stayed bounded: nothing is buffered beyond the limit for any session.
+        assert srv.call(lambda: max((len(s.out) for s in srv.server.sessions.values()), default=0)) <= limit
+
+
+def test_pipelining_without_reading_is_slowed_not_cut_q_7_7():
+    count = 30000
+    with running_server(config(output_queue_limit=65536)) as srv, srv.client(timeout=20) as c:
+        c.login("admin", "adminpass", events="off")
+        data = b"".join(b"Action: Ping\r\nActionID: p%d\r\n\r\n" % i for i in range(count))
+        sender = threading.Thread(target=c.sock.sendall, args=(data,), daemon=True)
+        c.sock.settimeout(20)
+        sender.start()
+        time.sleep(0.5)  # let both socket buffers fill while nobody reads
+        for i in range(count):
+            reply = c.read_block(timeout=20)
+            assert reply["ActionID"] == f"p{i}"
+        sender.join(5)
+        assert not sender.is_alive()
+
+
+def test_end_of_stream_answers_complete_messages_p_1_17():
+    with running_server(config()) as srv, srv.client() as c:
+        c.login("admin", "adminpass", events="off")
+        c.send_raw(b"Action: Ping\r\nActionID: 1\r\n\r\nAction: Ping\r\nActionID: 2\r\n\r\nAction: Pi")
+        c.sock.shutdown(socket.SHUT_WR)
+        data = c.read_until_closed()
+        assert data.count(b"Ping: Pong") == 2 and b"ActionID: 2" in data
+
+
+class Recorder:
+    """A plugin that records hook calls and can misbehave on demand."""
+
+    def __init__(self):
+        self.opened = []
+        self.closed = []
+        self.events = []
+
+    @hookimpl
+    def on_session_open(self, session):
+        self.opened.append(session.session_id)
+        raise RuntimeError("open hook failure")
+
+    @hookimpl
+    def on_session_close(self, session, reason):
+        self.closed.append((session.session_id, reason))
+        raise RuntimeError("close hook failure")
+
+    @hookimpl
+    def on_event(self, event):
+        self.events.append(event.name)
+        raise RuntimeError("event hook failure")
+
+    @hookimpl
+    def register_actions(self, server):
+        self.server = server
+
+        def boom(ctx):
+            raise ZeroDivisionError("plugin bug")
+
+        def refuse(ctx):
+            raise ActionError("Not today", {"Reason": "testing"})
+
+        def bad_reply(ctx):
+            return "not a response"
+
+        def later(ctx):
+            deferred = ctx.defer()
+            threading.Timer(0.05, deferred.complete, [Response.success("Done later")]).start()
+            return deferred
+
+        def never(ctx):
+            deferred = ctx.defer()
+            self.abandoned = deferred
+            return deferred
+
+        return [
+            Action("Boom", boom, "Raise.", ()),
+            Action("Refuse", refuse, "Refuse.", ()),
+            Action("BadReply", bad_reply, "Return junk.", ()),
+            Action("Later", later, "Answer from a thread.", ()),
+            Action("Never", never, "Never answer.", ()),
+        ]
+
+
+class Second:
+    def __init__(self):
+        self.events = []
+        self.opened = 0
+
+    @hookimpl
+    def on_event(self, event):
+        self.events.append(event.name)
+
+    @hookimpl
+    def on_session_open(self, session):
+        self.opened += 1
+
+
+def test_plugin_failures_are_contained_r_2_12_q_7_5():
+    recorder, second = Recorder(), Second()
+    cfg = config(action_timeout=0.3)
+    with running_server(cfg, extra_plugins=[("recorder", recorder), ("second", second)]) as srv:
+        with srv.client() as c:
+            c.login("admin", "adminpass", events="user")
+            assert c.action("Boom", {"ActionID": "b1"}).lines == [
+                ("Response", "Error"), ("ActionID", "b1"), ("Message", "Internal error")
+            ]
+            reply = c.action("Refuse")
+            assert reply["Message"] == "Not today" and reply["Reason"] == "testing"
+            assert c.action("BadReply")["Message"] == "Internal error"
+            assert c.action("Later")["Message"] == "Done later"
+            assert c.action("Never", {"ActionID": "n"})["Message"] == "Action timed out"
+            assert recorder.abandoned.complete(Response.success("too late")) is False
+            assert c.action("Ping")["Ping"] == "Pong"
+            c.action("UserEvent", {"UserEvent": "Seen"})
+            c.wait_event("UserEvent")
+            session_id = recorder.opened[0]
+        deadline = time.monotonic() + 5
+        while not recorder.closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert recorder.closed == [(session_id, "peer closed")]
+    assert second.opened == 1
+    assert "UserEvent" in second.events and "UserEvent" in recorder.events
+    text = srv.log.text()
+    assert "ZeroDivisionError" in text and "open hook failure" in text and "event hook failure" in text
+
+
+def test_publish_from_another_thread_q_7_1():
+    recorder = Recorder()
+    with running_server(config(), extra_plugins=[("recorder", recorder)]) as srv, srv.client() as c:
+        c.login("reader", "readerpass")
+        thread = threading.Thread(
+            target=recorder.server.publish, args=(Event("Outside", "call", {"Source": "thread"}),)
+        )
+        thread.start()
+        thread.join(5)
+        event = c.wait_event("Outside")
+        assert event.raw == b"Event: Outside\r\nPrivilege: call,all\r\nSource: thread\r\n\r\n"
+
+
+def test_event_headers_timestamp_and_system_name_q_7_2():
+    cfg = config(timestamp_events=True, system_name="pbx-1")
+    with running_server(cfg) as srv, srv.client() as c:
+        c.login("admin", "adminpass", events="user")
+        c.action("UserEvent", {"UserEvent": "T"})
+        event = c.wait_event("UserEvent")
+        names = [n for n, _ in event.lines]
+        assert names[:4] == ["Event", "Privilege", "Timestamp", "SystemName"]
+        assert event["SystemName"] == "pbx-1"
+
+
+def test_close_during_waitevent_runs_close_hook_once():
+    recorder = Recorder()
+    with running_server(config(), extra_plugins=[("recorder", recorder)]) as srv:
+        c = srv.client()
+        c.login("admin", "adminpass", events="off")
+        c.send("WaitEvent", {"Timeout": "30"})
+        time.sleep(0.1)
+        c.close()
+        deadline = time.monotonic() + 5
+        while not recorder.closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [reason for _, reason in recorder.closed] == ["peer closed"]
+        with srv.client() as other:
+            assert other.login("admin", "adminpass")["Message"] == "Authentication accepted"
+
+
+def test_md5_login_and_challenge_reuse_a_3_5_a_3_6():
+    import hashlib
+
+    with running_server(config()) as srv, srv.client() as c:
+        first = c.action("Challenge", {"AuthType": "md5"})["Challenge"]
+        assert first == c.action("Challenge", {"AuthType": "MD5"})["Challenge"]
+        assert len(first) == 9 and first[0] != "0"
+        key = hashlib.md5((first + "adminpass").encode()).hexdigest()
+        reply = c.action("Login", {"AuthType": "MD5", "Username": "admin", "Key": key})
+        assert reply["Message"] == "Authentication accepted"
+        assert c.action("Challenge", {"AuthType": "MD5"})["Challenge"] == first
+        with srv.client() as other:
+            # A captured key does not work on another connection (it has no challenge).
+            other.send("Login", {"AuthType": "MD5", "Username": "admin", "Key": key})
+            assert b"Authentication failed" in other.read_until_closed()
+
+
+def test_uppercase_md5_key_fails_a_3_5():
+    import hashlib
+
+    with running_server(config()) as srv, srv.client() as c:
+        challenge = c.action("Challenge", {"AuthType": "MD5"})["Challenge"]
+        key = hashlib.md5((challenge + "adminpass").encode()).hexdigest().upper()
+        c.send("Login", {"AuthType": "MD5", "Username": "admin", "Key": key})
+        assert b"Authentication failed" in c.read_until_closed()
+
+
+def test_auth_limit_counts_sessions_in_failure_delay_a_3_12():
+    with running_server(config(auth_limit=2, login_failure_delay=1.0)) as srv:
+        a, b = srv.client(), srv.client()
+        a.send("Login", {"Username": "admin", "Secret": "bad"})
+        time.sleep(0.1)
+        refused = socket.create_connection((srv.host, srv.port), timeout=5)
+        assert refused.recv(100) == b""  # closed without a banner
+        refused.close()
+        b.login("admin", "adminpass")
+        with srv.client() as c:
+            assert c.banner == b"Asterisk Call Manager/11.0.0"
+        a.close(); b.close()
+    assert '"event": "AuthLimitReached"' in srv.log.text()
+
+
+class StaticBackend:
+    """An authentication backend that knows one user and answers nothing else."""
+
+    def __init__(self, username, secret):
+        self.username, self.secret = username, secret
+        self.asked = []
+
+    @hookimpl
+    def authenticate(self, request):
+        from ami_server import AuthDecision
+
+        self.asked.append(request.username)
+        if request.username != self.username:
+            return None
+        if request.secret == self.secret:
+            return AuthDecision.accept(read="user", write="user")
+        return AuthDecision.reject("invalid_password")
+
+
+class BrokenBackend:
+    @hookimpl
+    def authenticate(self, request):
+        raise RuntimeError("directory unreachable")
+
+
+def test_auth_backends_are_asked_in_configured_order_only():
+    static = StaticBackend("ext", "extpass")
+    unlisted = StaticBackend("admin", "adminpass")
+    cfg = make_config({"users": USERS, "auth": {"backends": ["static", "config"]}})
+    with running_server(cfg, extra_plugins=[("static", static), ("unlisted", unlisted)]) as srv:
+        with srv.client() as c:
+            assert c.login("ext", "extpass")["Message"] == "Authentication accepted"
+        with srv.client() as c:
+            assert c.login("admin", "adminpass")["Message"] == "Authentication accepted"
+    assert static.asked == ["ext", "admin"]
+    assert unlisted.asked == []
+
+
+def test_failing_backend_fails_closed_a_3_15():
+    cfg = make_config({"users": USERS, "auth": {"backends": ["broken", "config"]}})
+    with running_server(cfg, extra_plugins=[("broken", BrokenBackend())]) as srv, srv.client() as c:
+        c.send("Login", {"Username": "admin", "Secret": "adminpass"})
+        assert c.read_until_closed() == b"Response: Error\r\nMessage: Authentication failed\r\n\r\n"
+    assert '"event": "AuthBackendError"' in srv.log.text()
+
+
+def test_unknown_auth_backend_stops_start_up():
+    from ami_server.audit import MemorySink
+    from ami_server.server import Server, ServerError
+
+    cfg = make_config({"users": USERS, "auth": {"backends": ["ldap"]}})
+    with pytest.raises(ServerError, match="auth.backends: no loaded plugin named 'ldap'"):
+        Server(cfg, log_sink=MemorySink()).load()
