@@ -233,7 +233,7 @@ def _users(reader: _Reader) -> Mapping[str, UserConfig]:
         if not re.fullmatch(r"[A-Za-z0-9_.@+-]+", name):
             raise reader.error(name, "user names may use letters, digits and _ . @ + - only")
         if name.lower() in users:
-            raise reader.error(name, f"duplicate user (user names are case-insensitive)")
+            raise reader.error(name, "duplicate user (user names are case-insensitive)")
         user = reader.sub(name)
         secret = user.str("secret", "")
         if not secret:

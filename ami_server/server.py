@@ -8,10 +8,8 @@ loop timer.
 
 from __future__ import annotations
 
-import errno
 import socket
 import sys
-import threading
 import time
 import traceback
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -46,7 +44,7 @@ from .plugins import (
 from .privileges import CLASSES, format_privilege, parse_event_mask
 from .protocol import Message, encode, render_block, render_response, clean
 from .security import format_address, new_challenge, new_session_id, security_event
-from .session import AUTHENTICATED, CLOSING, PREAUTH, ActionRun, Session
+from .session import AUTHENTICATED, CLOSING, ActionRun, Session
 
 __all__ = ["Server", "ServerError", "INPUT_LIMIT"]
 

@@ -11,7 +11,6 @@ from .protocol import Parser
 
 if TYPE_CHECKING:  # pragma: no cover
     from .plugins import RegisteredAction
-    from .protocol import Message
 
 __all__ = ["Session", "ActionRun", "PREAUTH", "AUTHENTICATED", "CLOSING"]
 

@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from ami_server import Action, Response, hookimpl
+from ami_server import Action, hookimpl
 from ami_server.testing import make_config, running_server
 
 from transcripts import USERS, Replayer, parse_transcript, reference_dir

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from ami_server import Action, ActionError, Event, Response, hookimpl
-from ami_server.testing import AMIClient, make_config, running_server
+from ami_server.testing import make_config, running_server
 
 from conftest import USERS
 
