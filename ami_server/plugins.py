@@ -258,7 +258,8 @@ def collect_actions(
     """Call every ``register_actions`` implementation and build the registry."""
     by_name = {r.name: r for r in records}
     registry = ActionRegistry()
-    for plugin, function, argnames in HookCaller(manager, "register_actions").impls:
+    # Registration order (builtins first), so a clash names the newcomer.
+    for plugin, function, argnames in reversed(HookCaller(manager, "register_actions").impls):
         record = by_name.get(plugin)
         who = record.describe() if record else f"plugin {plugin!r}"
         try:

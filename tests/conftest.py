@@ -3,8 +3,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-pytest_plugins = ["ami_server.testing"]
-
 USERS = {
     "admin": {"secret": "adminpass", "read": "all", "write": "all"},
     "reader": {"secret": "readerpass", "read": "system,call,user", "write": []},
