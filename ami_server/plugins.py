@@ -210,14 +210,6 @@ class HookCaller:
                 on_error(plugin, exc)
         return results
 
-    def first(self, **kwargs: Any) -> Tuple[Optional[str], Any]:
-        """First non-None result with its plugin name; exceptions propagate."""
-        for plugin, function, argnames in self.impls:
-            result = function(*[kwargs[a] for a in argnames])
-            if result is not None:
-                return plugin, result
-        return None, None
-
 
 class ActionRegistry:
     """Actions by lower-cased name (P-1.15), with the providing plugin."""
@@ -259,7 +251,8 @@ def collect_actions(
     by_name = {r.name: r for r in records}
     registry = ActionRegistry()
     # Registration order (builtins first), so a clash names the newcomer.
-    for plugin, function, argnames in reversed(HookCaller(manager, "register_actions").impls):
+    for impl in manager.hook.register_actions.get_hookimpls():
+        plugin, function, argnames = impl.plugin_name, impl.function, tuple(impl.argnames)
         record = by_name.get(plugin)
         who = record.describe() if record else f"plugin {plugin!r}"
         try:

@@ -78,26 +78,24 @@ def test_misspelled_hook_names_the_plugin(plugin_dir):
         load([ep])
 
 
-def test_duplicate_action_names_both_plugins(plugin_dir):
-    ep = module(plugin_dir, "ping_clash", """
+def one_action_plugin(plugin_dir, name, action_name):
+    return module(plugin_dir, name, f"""
         from ami_server import Action, Response, hookimpl
 
         @hookimpl
         def register_actions():
-            return [Action("PING", lambda ctx: Response.success(), "Another ping.", ())]
+            return [Action({action_name!r}, lambda ctx: Response.success(), "Mine.", ())]
     """)
+
+
+def test_duplicate_action_names_both_plugins(plugin_dir):
+    ep = one_action_plugin(plugin_dir, "ping_clash", "PING")
     with pytest.raises(ServerError, match=r"'PING' from plugin 'ping_clash' duplicates 'Ping' from plugin 'ping'"):
         load([ep])
 
 
 def test_third_party_cannot_run_before_login(plugin_dir):
-    ep = module(plugin_dir, "fake_login", """
-        from ami_server import Action, Response, hookimpl
-
-        @hookimpl
-        def register_actions():
-            return [Action("Challenge", lambda ctx: Response.success(), "Mine.", ())]
-    """)
+    ep = one_action_plugin(plugin_dir, "fake_login", "Challenge")
     # Challenge is an essential builtin, so the claim is refused as a duplicate.
     with pytest.raises(ServerError, match="plugin 'fake_login'.*'Challenge'"):
         load([ep])
