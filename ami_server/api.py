@@ -264,7 +264,9 @@ class Action:
     ``privileges`` is the class set of C-4.3 and must be given explicitly
     (``()`` or ``"none"`` for an action open to every logged-in user, C-4.4).
     ``read_only`` actions (Ping and the like) are audited only when the
-    configuration asks for it.
+    configuration asks for it. A ``blocking`` handler (one that waits on a
+    database, a file, another server) runs in the server's bounded worker
+    pool instead of on the event loop; its reply is handed back to the loop.
     """
 
     name: str
@@ -272,6 +274,7 @@ class Action:
     synopsis: str
     privileges: Any
     read_only: bool = False
+    blocking: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _ACTION_NAME_RE.match(self.name):
@@ -299,11 +302,12 @@ def action(
     privileges: Any,
     *,
     read_only: bool = False,
+    blocking: bool = False,
 ) -> Callable[[Handler], Action]:
     """Decorator: turn a handler function into an :class:`Action` record."""
 
     def wrap(handler: Handler) -> Action:
-        return Action(name, handler, synopsis, privileges, read_only=read_only)
+        return Action(name, handler, synopsis, privileges, read_only=read_only, blocking=blocking)
 
     return wrap
 
@@ -401,7 +405,7 @@ class ServerHandle:
         self._call_soon_threadsafe(callback)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
-        """Run ``callback`` on the loop after ``delay`` seconds (call from the loop only)."""
+        """Run ``callback`` on the loop after ``delay`` seconds; safe from any thread."""
         return self._call_later(delay, callback)
 
 
@@ -411,7 +415,8 @@ class ActionContext:
     Builtin actions that manage the session itself (Login, Events, Challenge,
     ListCommands, WaitEvent, Logoff) use the session methods below; ordinary
     plugin actions usually need only ``request``, ``session``, ``publish``,
-    ``log`` and ``config``.
+    ``log`` and ``config``. In a ``blocking`` handler (a worker thread) the
+    capabilities work; the session methods raise ``RuntimeError``.
     """
 
     def __init__(self, request: "Message", session: SessionInfo, backend: Any, config: Mapping[str, Any], log: Any) -> None:
@@ -431,7 +436,7 @@ class ActionContext:
         return Deferred()
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
-        """Run ``callback`` on the event loop after ``delay`` seconds."""
+        """Run ``callback`` on the event loop after ``delay`` seconds (from any thread)."""
         return self._backend.call_later(delay, callback)
 
     # -- session management, used by the builtin actions -------------------

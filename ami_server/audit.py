@@ -9,6 +9,7 @@ for a disk or a terminal, and a stuck sink costs dropped lines, not latency.
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import queue
 import re
@@ -115,6 +116,20 @@ class MemorySink(LogSink):
     def text(self) -> str:
         with self._lock:
             return "\n".join(self.lines)
+
+    def records(self) -> List[dict]:
+        """The JSON records written so far (lines that are not JSON are skipped)."""
+        with self._lock:
+            lines = list(self.lines)
+        out = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                out.append(record)
+        return out
 
 
 class Redactor:

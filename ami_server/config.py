@@ -64,6 +64,8 @@ class ServerSettings:
     timestamp_events: bool = False
     output_queue_limit: int = 1048576
     action_timeout: float = 10.0
+    worker_threads: int = 8
+    worker_queue_limit: int = 256
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,8 @@ def _server(reader: _Reader) -> ServerSettings:
             "output_queue_limit", defaults.output_queue_limit, 65536, 1 << 34
         ),
         action_timeout=reader.number("action_timeout", defaults.action_timeout, 0.01, 86400),
+        worker_threads=reader.int("worker_threads", defaults.worker_threads, 1, 1024),
+        worker_queue_limit=reader.int("worker_queue_limit", defaults.worker_queue_limit, 1, 1_000_000),
     )
     for name in ("asterisk_version", "system_name"):
         value = getattr(settings, name)

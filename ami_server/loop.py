@@ -52,9 +52,12 @@ class Loop:
         self._ready.append(callback)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
-        """Run ``callback`` after ``delay`` seconds (loop thread only)."""
+        """Run ``callback`` after ``delay`` seconds; from another thread the timer is handed over."""
         handle = TimerHandle(time.monotonic() + max(0.0, delay), callback)
-        heapq.heappush(self._timers, handle)
+        if self.in_loop_thread():
+            heapq.heappush(self._timers, handle)
+        else:
+            self.call_soon_threadsafe(lambda: heapq.heappush(self._timers, handle))
         return handle
 
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:

@@ -45,8 +45,9 @@ from .privileges import CLASSES, format_privilege, parse_event_mask
 from .protocol import Message, encode, render_block, render_response, clean
 from .security import format_address, new_challenge, new_session_id, security_event
 from .session import AUTHENTICATED, CLOSING, ActionRun, Session
+from .workers import Outcome, WorkerPool
 
-__all__ = ["Server", "ServerError", "INPUT_LIMIT"]
+__all__ = ["Server", "ServerError", "INPUT_LIMIT", "core_plugins"]
 
 #: Stop reading a session's socket while this much input waits unprocessed (P-1.18).
 INPUT_LIMIT = 256 * 1024
@@ -72,6 +73,13 @@ class ServerError(Exception):
     """The server cannot start (address in use, plugin failure, ...)."""
 
 
+def core_plugins(config: Config) -> List[Tuple[str, Any]]:
+    """Plugins the server builds from its own configuration (the ``config`` auth backend)."""
+    from ami_server.builtin.config_auth import ConfigBackend
+
+    return [("config", ConfigBackend(config.users))]
+
+
 class _SessionBackend:
     """The session capabilities behind one :class:`ActionContext`."""
 
@@ -82,6 +90,10 @@ class _SessionBackend:
         self.session = session
         self.run = run
 
+    def _on_loop(self, what: str) -> None:
+        if not self.server.loop.in_loop_thread():
+            raise RuntimeError(f"ActionContext.{what}() may only be called on the event loop, not in a blocking handler")
+
     def publish(self, event: Event) -> None:
         self.server.publish(event)
 
@@ -89,19 +101,23 @@ class _SessionBackend:
         return self.server.loop.call_later(delay, callback)
 
     def login(self, request: Message) -> Any:
+        self._on_loop("login")
         return self.server._login(self.session, self.run, request)
 
     def challenge(self) -> str:
+        self._on_loop("challenge")
         session = self.session
         if session.challenge is None:
             session.challenge = new_challenge()
         return session.challenge
 
     def set_event_mask(self, mask: int) -> None:
+        self._on_loop("set_event_mask")
         self.session.mask = mask
         self.session.changed()
 
     def permitted_actions(self) -> List[Action]:
+        self._on_loop("permitted_actions")
         write = self.session.write
         return [
             entry.action
@@ -110,6 +126,7 @@ class _SessionBackend:
         ]
 
     def wait_for_event(self, timeout: Optional[float], reply: Response) -> Deferred:
+        self._on_loop("wait_for_event")
         return self.server._wait_for_event(self.session, self.run, timeout, reply)
 
 
@@ -169,14 +186,15 @@ class Server:
         self._running = False
         self._privilege_cache: Dict[int, str] = {}
         self._hooks: Dict[str, HookCaller] = {}
+        self.workers = WorkerPool(
+            self.settings.worker_threads, self.settings.worker_queue_limit, self._loop_error
+        )
         self.handle = ServerHandle(self.publish, self.loop.call_soon_threadsafe, self.loop.call_later, self.settings)
 
     # ------------------------------------------------------------------ setup
     def load(self) -> None:
         """Load plugins and collect actions (no socket is opened)."""
-        from ami_server.builtin.config_auth import ConfigBackend
-
-        extra = [("config", ConfigBackend(self.config.users)), *self._extra_plugins]
+        extra = [*core_plugins(self.config), *self._extra_plugins]
         try:
             self.plugins = load_plugins(self.manager, self.config.plugins, extra, self._entry_points)
             self.actions = collect_actions(self.manager, self.plugins, self.handle, self.config.plugins.tables)
@@ -254,6 +272,7 @@ class Server:
             self.listener = None
         for session in list(self.sessions.values()):
             self._close(session, "shutdown")
+        self.workers.close()
         self.log.info("ServerStopped")
         self.loop.close()
         if self._own_sink:
@@ -523,6 +542,9 @@ class Server:
             message, session.info(), _SessionBackend(self, session, run), entry.config,
             self.log.bind(plugin=entry.plugin, action=action.name, session=session.session_id),
         )
+        if action.blocking:
+            self._run_blocking(session, run, action, context)
+            return
         try:
             result = action.handler(context)
         except ActionError as exc:
@@ -542,6 +564,37 @@ class Server:
             result._bind(lambda response: self._resolve_threadsafe(session, run, response))
         else:
             self._handler_failed(session, run, TypeError(f"handler returned {type(result).__name__}, not a Response or Deferred"))
+
+    def _run_blocking(self, session: Session, run: ActionRun, action: Action, context: ActionContext) -> None:
+        """Run a blocking handler in the worker pool; its outcome comes back to the loop."""
+
+        def done(outcome: Outcome) -> None:
+            self.loop.call_soon_threadsafe(lambda: self._blocking_done(session, run, outcome))
+
+        if not self.workers.submit(lambda: action.handler(context), done):
+            self.log.warning(
+                "WorkerQueueFull", action=run.name, session=session.session_id,
+                limit=self.settings.worker_queue_limit,
+            )
+            self._finish(session, run, Response.error("Server busy, try again later"))
+            return
+        run.timer = self.loop.call_later(self.settings.action_timeout, lambda: self._timed_out(session, run))
+
+    def _blocking_done(self, session: Session, run: ActionRun, outcome: Outcome) -> None:
+        value, exc = outcome
+        if session.closed or session.current is not run:
+            self.log.info("LateReplyDiscarded", action=run.name, session=session.session_id)
+            return
+        if isinstance(exc, ActionError):
+            value = exc.response
+        elif exc is not None:
+            self._handler_failed(session, run, exc)
+            self.loop.call_soon(lambda: self._process_input(session))
+            return
+        if isinstance(value, Deferred):
+            self._handle_result(session, run, value)
+        else:
+            self._complete(session, run, value)
 
     def _resolve_threadsafe(self, session: Session, run: ActionRun, response: Any) -> None:
         if self.loop.in_loop_thread():
