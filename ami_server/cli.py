@@ -1,14 +1,15 @@
-"""``ami-server``: run the server, check a configuration, print the version."""
+"""``ami-server``: run the server, check a configuration, list plugins, print the version."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional
 
 from ._version import __version__
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config
 from .server import Server, ServerError
 
 __all__ = ["main"]
@@ -18,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ami-server",
         description="An Asterisk Manager Interface server, extensible with plugins.",
+        epilog="other commands: 'ami-server plugins [--json] [--config PATH]' lists the plugins.",
     )
     parser.add_argument("--config", "-c", default="config.toml", metavar="PATH",
                         help="configuration file (default: %(default)s)")
@@ -28,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config)
@@ -71,6 +76,35 @@ def _check(config, path: str) -> int:
         server.loop.close()
     print(f"{path}: OK ({len(config.users)} users, {len(server.actions)} actions)")
     return 0
+
+
+def plugins_command(argv: List[str]) -> int:
+    """``ami-server plugins``: every plugin, its origin, hooks and actions; exit 1 if any failed."""
+    from .listing import format_json, format_text, inspect_plugins
+
+    parser = argparse.ArgumentParser(
+        prog="ami-server plugins",
+        description="List builtin and installed plugins: distribution, version, entry point group, "
+        "hooks, actions and privileges. Disabled and failed plugins are shown as such.",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--config", "-c", metavar="PATH",
+                        help="configuration whose [plugins] settings apply (default: ./config.toml if present)")
+    args = parser.parse_args(argv)
+    path = args.config
+    if path is None and os.path.exists("config.toml"):
+        path = "config.toml"
+    try:
+        config = load_config(path) if path else Config()
+    except ConfigError as exc:
+        print(f"ami-server: configuration error: {exc}", file=sys.stderr)
+        return 1
+    reports = inspect_plugins(config)
+    sys.stdout.write(format_json(reports) + "\n" if args.json else format_text(reports))
+    return 1 if any(r.status in ("failed", "missing") for r in reports) else 0
+
+
+COMMANDS: Dict[str, Callable[[List[str]], int]] = {"plugins": plugins_command}
 
 
 if __name__ == "__main__":  # pragma: no cover

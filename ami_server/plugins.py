@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import pluggy
@@ -70,8 +70,9 @@ class PluginRecord:
     group: str
     distribution: str = ""
     version: str = ""
-    status: str = "loaded"  # loaded | disabled
+    status: str = "loaded"  # loaded | disabled | failed | missing
     target: str = ""
+    error: str = ""
 
     def describe(self) -> str:
         dist = f"{self.distribution} {self.version}".strip() or "builtin"
@@ -111,27 +112,39 @@ def load_plugins(
     settings: PluginSettings,
     extra: Sequence[Tuple[str, Any]] = (),
     entry_points: Optional[Iterable[EntryPoint]] = None,
+    *,
+    strict: bool = True,
 ) -> List[PluginRecord]:
     """Register builtins, ``extra`` objects and entry-point plugins on ``manager``.
 
     ``extra`` holds ``(name, plugin object)`` pairs registered as builtins
-    (the server's own configured backends). Raises :class:`PluginLoadError`.
+    (the server's own configured backends). Raises :class:`PluginLoadError`
+    at the first failure; with ``strict=False`` (the plugin listing) every
+    failure becomes a ``failed`` or ``missing`` record instead.
     """
     disabled = set(settings.disable)
     blocked_essential = disabled & ESSENTIAL_PLUGINS
-    if blocked_essential:
+    if blocked_essential and strict:
         raise PluginLoadError(
             f"plugin {sorted(blocked_essential)[0]!r} is essential and cannot be disabled"
         )
+    disabled -= ESSENTIAL_PLUGINS
     records: List[PluginRecord] = []
+
+    def fail(record: PluginRecord, message: str, cause: Optional[BaseException] = None) -> None:
+        if strict:
+            raise PluginLoadError(message) from cause
+        records.append(replace(record, status="failed", error=message))
 
     def register(record: PluginRecord, plugin: Any) -> None:
         if manager.has_plugin(record.name):
-            raise PluginLoadError(f"{record.describe()}: another plugin is already named {record.name!r}")
+            fail(record, f"{record.describe()}: another plugin is already named {record.name!r}")
+            return
         try:
             manager.register(plugin, name=record.name)
         except pluggy.PluginValidationError as exc:
-            raise PluginLoadError(f"{record.describe()}: invalid hook implementation: {exc}") from None
+            fail(record, f"{record.describe()}: invalid hook implementation: {exc}")
+            return
         records.append(record)
 
     for name, module_name in BUILTIN_PLUGINS:
@@ -142,11 +155,12 @@ def load_plugins(
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:  # noqa: BLE001 - reported with the plugin's name
-            raise PluginLoadError(f"{record.describe()}: import of {module_name} failed: {exc!r}") from exc
+            fail(record, f"{record.describe()}: import of {module_name} failed: {exc!r}", exc)
+            continue
         register(record, module)
 
     for name, plugin in extra:
-        register(PluginRecord(name, "builtin", "ami-server", _own_version(), target=type(plugin).__name__), plugin)
+        register(PluginRecord(name, "builtin", "ami-server", _own_version(), target=_target_of(plugin)), plugin)
 
     if entry_points is None:
         entry_points = discover_entry_points()
@@ -159,20 +173,34 @@ def load_plugins(
         try:
             plugin = entry_point.load()
         except Exception as exc:  # noqa: BLE001
-            raise PluginLoadError(f"{record.describe()}: cannot load {entry_point.value}: {exc!r}") from exc
+            fail(record, f"{record.describe()}: cannot load {entry_point.value}: {exc!r}", exc)
+            continue
         register(record, plugin)
 
-    loaded = {r.name for r in records if r.status == "loaded"}
+    while True:
+        try:
+            manager.check_pending()
+            break
+        except pluggy.PluginValidationError as exc:
+            plugin_name = manager.get_name(exc.plugin) if exc.plugin is not None else "?"
+            index = next((i for i, r in enumerate(records) if r.name == plugin_name), None)
+            who = records[index].describe() if index is not None else f"plugin {plugin_name!r}"
+            if strict or index is None:
+                raise PluginLoadError(f"{who}: {exc}") from None
+            manager.unregister(name=plugin_name)
+            records[index] = replace(records[index], status="failed", error=f"{who}: {exc}")
+
+    known = {r.name: r for r in records}
     for name in settings.required:
-        if name not in loaded:
-            raise PluginLoadError(f"plugin {name!r} is required by [plugins] required but is not installed")
-    try:
-        manager.check_pending()
-    except pluggy.PluginValidationError as exc:
-        plugin_name = manager.get_name(exc.plugin) if exc.plugin is not None else "?"
-        record = next((r for r in records if r.name == plugin_name), None)
-        who = record.describe() if record else f"plugin {plugin_name!r}"
-        raise PluginLoadError(f"{who}: {exc}") from None
+        record = known.get(name)
+        if record is None or record.status != "loaded":
+            message = f"plugin {name!r} is required by [plugins] required but is not installed"
+            if record is not None and record.status == "failed":
+                message = f"plugin {name!r} is required by [plugins] required but failed to load"
+            if strict:
+                raise PluginLoadError(message)
+            if record is None:
+                records.append(PluginRecord(name, ENTRY_POINT_GROUP, status="missing", error=message))
     return records
 
 
@@ -218,18 +246,28 @@ class ActionRegistry:
         self._by_name: dict[str, RegisteredAction] = {}
 
     def add(self, entry: RegisteredAction, builtin: bool) -> None:
-        key = entry.action.name.lower()
-        if key in self._by_name:
-            other = self._by_name[key]
-            raise PluginLoadError(
-                f"action {entry.action.name!r} from plugin {entry.plugin!r} duplicates "
-                f"{other.action.name!r} from plugin {other.plugin!r} (names are case-insensitive)"
-            )
-        if key in PRE_LOGIN_ACTIONS and not builtin:
-            raise PluginLoadError(
-                f"plugin {entry.plugin!r} may not provide {entry.action.name!r}: only builtins run before login"
-            )
-        self._by_name[key] = entry
+        self.add_all([entry], builtin)
+
+    def add_all(self, entries: Sequence[RegisteredAction], builtin: bool) -> None:
+        """Add one plugin's actions: all of them, or none if any is refused."""
+        staged: dict[str, RegisteredAction] = {}
+        for entry in entries:
+            key = entry.action.name.lower()
+            other = staged.get(key) or self._by_name.get(key)
+            if other is not None:
+                raise PluginLoadError(
+                    f"action {entry.action.name!r} from plugin {entry.plugin!r} duplicates "
+                    f"{other.action.name!r} from plugin {other.plugin!r} (names are case-insensitive)"
+                )
+            if key in PRE_LOGIN_ACTIONS and not builtin:
+                raise PluginLoadError(
+                    f"plugin {entry.plugin!r} may not provide {entry.action.name!r}: only builtins run before login"
+                )
+            staged[key] = entry
+        self._by_name.update(staged)
+
+    def of_plugin(self, plugin: str) -> List[RegisteredAction]:
+        return [e for e in self.all() if e.plugin == plugin]
 
     def get(self, name: str) -> Optional[RegisteredAction]:
         return self._by_name.get(name.lower())
@@ -246,8 +284,14 @@ def collect_actions(
     records: Sequence[PluginRecord],
     handle: ServerHandle,
     tables: Mapping[str, Mapping[str, Any]],
+    failures: Optional[dict] = None,
 ) -> ActionRegistry:
-    """Call every ``register_actions`` implementation and build the registry."""
+    """Call every ``register_actions`` implementation and build the registry.
+
+    Raises :class:`PluginLoadError`; when a ``failures`` dict is given, a
+    failing plugin is recorded there (name -> message) and its actions are
+    left out instead.
+    """
     by_name = {r.name: r for r in records}
     registry = ActionRegistry()
     # Registration order (builtins first), so a clash names the newcomer.
@@ -256,21 +300,43 @@ def collect_actions(
         record = by_name.get(plugin)
         who = record.describe() if record else f"plugin {plugin!r}"
         try:
-            result = function(*[{"server": handle}[a] for a in argnames])
-        except Exception as exc:  # noqa: BLE001
-            raise PluginLoadError(f"{who}: register_actions raised {exc!r}") from exc
-        if result is None:
-            continue
-        if isinstance(result, Action):
-            result = [result]
-        for item in result:
-            if not isinstance(item, Action):
-                raise PluginLoadError(f"{who}: register_actions returned {item!r}, not an Action")
-            builtin = record is not None and record.group == "builtin"
-            try:
-                registry.add(
-                    RegisteredAction(item, plugin, tables.get(plugin, {})), builtin
-                )
-            except PluginLoadError as exc:
-                raise PluginLoadError(f"{who}: {exc}") from None
+            entries = _actions_of(function, argnames, handle, plugin, tables.get(plugin, {}))
+            registry.add_all(entries, builtin=record is not None and record.group == "builtin")
+        except PluginLoadError as exc:
+            if failures is None:
+                raise PluginLoadError(f"{who}: {exc}") from exc.__cause__
+            failures[plugin] = f"{who}: {exc}"
     return registry
+
+
+def _actions_of(
+    function: Callable[..., Any],
+    argnames: Tuple[str, ...],
+    handle: ServerHandle,
+    plugin: str,
+    table: Mapping[str, Any],
+) -> List[RegisteredAction]:
+    try:
+        result = function(*[{"server": handle}[a] for a in argnames])
+    except Exception as exc:  # noqa: BLE001
+        raise PluginLoadError(f"register_actions raised {exc!r}") from exc
+    if result is None:
+        return []
+    if isinstance(result, Action):
+        result = [result]
+    try:
+        items = list(result)
+    except TypeError:
+        raise PluginLoadError(f"register_actions returned {result!r}, not a sequence of Actions") from None
+    for item in items:
+        if not isinstance(item, Action):
+            raise PluginLoadError(f"register_actions returned {item!r}, not an Action")
+    return [RegisteredAction(item, plugin, table) for item in items]
+
+
+def _target_of(plugin: Any) -> str:
+    """``module:Class`` for a plugin object, ``module`` for a plugin module."""
+    if isinstance(plugin, type(sys)):
+        return plugin.__name__
+    kind = type(plugin)
+    return f"{kind.__module__}:{kind.__qualname__}"

@@ -1,0 +1,120 @@
+"""``ami-server plugins``: what would be loaded, from where, and what it adds.
+
+Unlike start-up, the listing does not stop at the first broken plugin: every
+plugin is reported, loaded or not, so that an operator sees all problems at
+once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, List, Optional, Tuple
+
+from .api import ServerHandle, TimerHandle
+from .config import Config
+from .plugins import (
+    ESSENTIAL_PLUGINS,
+    collect_actions,
+    create_plugin_manager,
+    load_plugins,
+)
+from .privileges import class_names
+
+__all__ = ["ActionReport", "PluginReport", "inspect_plugins", "format_text", "format_json"]
+
+
+@dataclass(frozen=True)
+class ActionReport:
+    """One action as the listing shows it."""
+
+    name: str
+    privileges: Tuple[str, ...]
+    synopsis: str
+    blocking: bool
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class PluginReport:
+    """One plugin: where it comes from, whether it loaded, what it implements."""
+
+    name: str
+    group: str
+    distribution: str
+    version: str
+    status: str
+    target: str
+    error: str
+    hooks: Tuple[str, ...]
+    actions: Tuple[ActionReport, ...]
+
+
+def _inert_handle(config: Config) -> ServerHandle:
+    """The handle given to ``register_actions`` while listing: no server runs, so nothing is delivered."""
+    return ServerHandle(
+        publish=lambda event: None,
+        call_soon_threadsafe=lambda callback: None,
+        call_later=lambda delay, callback: TimerHandle(float("inf"), callback),
+        settings=config.server,
+    )
+
+
+def inspect_plugins(config: Config, entry_points: Optional[Iterable[Any]] = None) -> List[PluginReport]:
+    """Load every plugin as the server would (without stopping at failures) and report on each."""
+    from .server import core_plugins
+
+    manager = create_plugin_manager()
+    records = load_plugins(manager, config.plugins, core_plugins(config), entry_points, strict=False)
+    failures: dict = {}
+    registry = collect_actions(manager, records, _inert_handle(config), config.plugins.tables, failures)
+    reports = []
+    for record in records:
+        status, error = record.status, record.error
+        if record.name in failures:
+            status, error = "failed", failures[record.name]
+        if record.status == "disabled" and record.name in ESSENTIAL_PLUGINS:
+            status, error = "failed", f"plugin {record.name!r} is essential and cannot be disabled"
+        hooks: Tuple[str, ...] = ()
+        plugin = manager.get_plugin(record.name) if record.status == "loaded" else None
+        if plugin is not None:
+            hooks = tuple(sorted(caller.name for caller in manager.get_hookcallers(plugin) or ()))
+        actions = tuple(
+            ActionReport(
+                entry.action.name,
+                tuple(class_names(entry.action.privileges)),
+                entry.action.synopsis,
+                entry.action.blocking,
+                entry.action.read_only,
+            )
+            for entry in registry.of_plugin(record.name)
+        )
+        reports.append(
+            PluginReport(
+                record.name, record.group, record.distribution, record.version, status,
+                record.target, error, hooks, actions,
+            )
+        )
+    return reports
+
+
+def format_json(reports: List[PluginReport]) -> str:
+    return json.dumps({"plugins": [asdict(r) for r in reports]}, indent=2)
+
+
+def format_text(reports: List[PluginReport]) -> str:
+    lines = []
+    for report in reports:
+        source = f"{report.distribution} {report.version}".strip() or "unknown distribution"
+        lines.append(f"{report.name}  [{report.status}]  {source}  ({report.group}: {report.target})")
+        if report.error:
+            lines.append(f"    error: {report.error}")
+        if report.hooks:
+            lines.append(f"    hooks: {', '.join(report.hooks)}")
+        for action in report.actions:
+            privileges = ",".join(action.privileges) or "<none>"
+            flags = "".join(
+                f", {flag}" for flag, on in (("blocking", action.blocking), ("read-only", action.read_only)) if on
+            )
+            lines.append(f"    action {action.name}  (privileges: {privileges}{flags})  {action.synopsis}")
+    return "\n".join(lines) + "\n"
