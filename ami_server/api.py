@@ -206,8 +206,12 @@ class AuthRequest:
     """Credentials of one Login, handed to each ``authenticate`` implementation.
 
     ``auth_type`` is ``"plain"`` (``secret`` set) or ``"md5"`` (``challenge``
-    and ``key`` set when the client supplied them). Secrets are excluded from
-    ``repr`` so that a logged request never leaks them.
+    and ``key`` set when the client supplied them). ``peer_ip`` is the
+    client's IP address (IPv4-mapped IPv6 as IPv4) for address checks;
+    ``remote_address`` and ``local_address`` are the A-3.14 forms
+    (``IPV4/TLS/192.0.2.1/5039``), so ``local_address`` and ``transport``
+    identify the listener. Secrets are excluded from ``repr`` so that a
+    logged request never leaks them.
     """
 
     username: str
@@ -218,6 +222,7 @@ class AuthRequest:
     remote_address: str = ""
     local_address: str = ""
     transport: str = "TCP"
+    peer_ip: str = ""
 
 
 @dataclass(frozen=True)
@@ -225,8 +230,10 @@ class AuthDecision:
     """What an authentication backend decided (return ``None`` for "not mine").
 
     ``reason`` on a rejection selects the security event: ``"unknown_user"``
-    (InvalidAccountID), ``"invalid_password"`` (InvalidPassword),
-    ``"challenge_failed"`` (ChallengeResponseFailed) or ``None`` (no event).
+    (InvalidAccountID), ``"acl_denied"`` (FailedACL), ``"invalid_password"``
+    (InvalidPassword), ``"challenge_failed"`` (ChallengeResponseFailed) or
+    ``None`` (no event). ``detail`` is a short explanation for the audit
+    record only -- never put a secret in it.
     """
 
     accepted: bool
@@ -234,8 +241,9 @@ class AuthDecision:
     write: int = 0
     reason: Optional[str] = None
     allow_multiple_login: Optional[bool] = None
+    detail: str = ""
 
-    REASONS = ("unknown_user", "invalid_password", "challenge_failed", None)
+    REASONS = ("unknown_user", "acl_denied", "invalid_password", "challenge_failed", None)
 
     def __post_init__(self) -> None:
         if self.reason not in self.REASONS:
@@ -250,8 +258,8 @@ class AuthDecision:
         return cls(True, read, write, None, allow_multiple_login)
 
     @classmethod
-    def reject(cls, reason: Optional[str] = None) -> "AuthDecision":
-        return cls(False, 0, 0, reason)
+    def reject(cls, reason: Optional[str] = None, detail: str = "") -> "AuthDecision":
+        return cls(False, 0, 0, reason, detail=detail)
 
 
 Handler = Callable[["ActionContext"], Any]

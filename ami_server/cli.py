@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ami-server",
         description="An Asterisk Manager Interface server, extensible with plugins.",
-        epilog="other commands: 'ami-server plugins [--json] [--config PATH]' lists the plugins.",
+        epilog="other commands: 'ami-server plugins [--json] [--config PATH]' lists the plugins; "
+        "'ami-server hash-secret' prints a secret_hash for config.toml.",
     )
     parser.add_argument("--config", "-c", default="config.toml", metavar="PATH",
                         help="configuration file (default: %(default)s)")
@@ -104,7 +105,45 @@ def plugins_command(argv: List[str]) -> int:
     return 1 if any(r.status in ("failed", "missing") for r in reports) else 0
 
 
-COMMANDS: Dict[str, Callable[[List[str]], int]] = {"plugins": plugins_command}
+def hash_secret_command(argv: List[str]) -> int:
+    """``ami-server hash-secret``: print a ``secret_hash`` for a secret from the terminal or stdin."""
+    import getpass
+
+    from .passwords import DEFAULT_LOG_N, hash_secret
+
+    parser = argparse.ArgumentParser(
+        prog="ami-server hash-secret",
+        description="Print a salted scrypt hash for [users.<name>] secret_hash. The secret is read "
+        "from the terminal (asked twice, not echoed) or as the first line of standard input.",
+    )
+    parser.add_argument("--cost", type=int, default=DEFAULT_LOG_N, choices=range(10, 21), metavar="10-20",
+                        help="log2 of the scrypt work factor N (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if sys.stdin.isatty():
+        try:
+            secret = getpass.getpass("Secret: ")
+            again = getpass.getpass("Secret (again): ")
+        except (EOFError, KeyboardInterrupt):
+            print("ami-server: no secret read", file=sys.stderr)
+            return 1
+        if secret != again:
+            print("ami-server: the two secrets differ", file=sys.stderr)
+            return 1
+    else:
+        line = sys.stdin.readline()
+        secret = line[:-1] if line.endswith("\n") else line
+        secret = secret[:-1] if secret.endswith("\r") else secret
+    if not secret:
+        print("ami-server: the secret must not be empty", file=sys.stderr)
+        return 1
+    print(hash_secret(secret, log_n=args.cost))
+    return 0
+
+
+COMMANDS: Dict[str, Callable[[List[str]], int]] = {
+    "plugins": plugins_command,
+    "hash-secret": hash_secret_command,
+}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping, Optional, Tuple, Union
 
+from .acl import AddressACL
+from .passwords import parse_secret_hash
 from .privileges import ClassListError, parse_class_list
 
 if sys.version_info >= (3, 11):
@@ -24,6 +26,8 @@ else:  # pragma: no cover - exercised on older interpreters only
 __all__ = [
     "ConfigError",
     "ServerSettings",
+    "TLSSettings",
+    "AuthSettings",
     "UserConfig",
     "LoggingSettings",
     "PluginSettings",
@@ -49,6 +53,16 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class TLSSettings:
+    """``[server.tls]``: a second listener that speaks AMI over TLS."""
+
+    host: str
+    port: int
+    certificate: str
+    key: str
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     """``[server]``: listener and protocol limits (spec §0 table)."""
 
@@ -66,17 +80,26 @@ class ServerSettings:
     action_timeout: float = 10.0
     worker_threads: int = 8
     worker_queue_limit: int = 256
+    require_tls_for_plaintext: bool = False
+    tls: Optional[TLSSettings] = None
 
 
 @dataclass(frozen=True)
 class UserConfig:
-    """One ``[users.<name>]`` table. ``read``/``write`` are class bit masks."""
+    """One ``[users.<name>]`` table. ``read``/``write`` are class bit masks.
+
+    Exactly one of ``secret`` (plaintext; plaintext and MD5 logins) and
+    ``secret_hash`` (scrypt; plaintext logins only) is set.
+    """
 
     name: str
-    secret: str = field(repr=False)
+    secret: str = field(default="", repr=False)
     read: int = 0
     write: int = 0
     allow_multiple_login: Optional[bool] = None
+    secret_hash: str = field(default="", repr=False)
+    acl: AddressACL = field(default_factory=AddressACL)
+    require_tls_for_plaintext: Optional[bool] = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +122,15 @@ class PluginSettings:
 
 
 @dataclass(frozen=True)
+class AuthSettings:
+    """``[auth]``: which backends decide logins, in order, and how long they may take."""
+
+    backends: Tuple[str, ...] = ("config",)
+    timeout: float = 5.0
+    worker_threads: int = 4
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration."""
 
@@ -106,8 +138,12 @@ class Config:
     users: Mapping[str, UserConfig] = field(default_factory=lambda: MappingProxyType({}))
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     plugins: PluginSettings = field(default_factory=PluginSettings)
-    auth_backends: Tuple[str, ...] = ("config",)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     source: str = "<defaults>"
+
+    @property
+    def auth_backends(self) -> Tuple[str, ...]:
+        return self.auth.backends
 
     def user(self, username: str) -> Optional[UserConfig]:
         """Case-insensitive user lookup (A-3.3)."""
@@ -183,7 +219,25 @@ def _type_name(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
-def _server(reader: _Reader) -> ServerSettings:
+def _tls(reader: _Reader, default_host: str, base: Optional[Path]) -> TLSSettings:
+    host = reader.str("host", default_host)
+    if not host:
+        raise reader.error("host", "must not be empty")
+    port = reader.int("port", 5039, 0, 65535)
+    files = {}
+    for name in ("certificate", "key"):
+        value = reader.str(name, "")
+        if not value:
+            raise reader.error(name, "is required (a PEM file)")
+        path = Path(value).expanduser()
+        if base is not None and not path.is_absolute():
+            path = base / path
+        files[name] = str(path)
+    reader.finish()
+    return TLSSettings(host, port, files["certificate"], files["key"])
+
+
+def _server(reader: _Reader, base: Optional[Path] = None) -> ServerSettings:
     defaults = ServerSettings()
     ami_version = reader.str("ami_version", defaults.ami_version)
     if not _VERSION_RE.match(ami_version):
@@ -191,6 +245,7 @@ def _server(reader: _Reader) -> ServerSettings:
     host = reader.str("host", defaults.host)
     if not host:
         raise reader.error("host", "must not be empty")
+    tls = _tls(reader.sub("tls"), host, base) if "tls" in reader.table else None
     settings = ServerSettings(
         host=host,
         port=reader.int("port", defaults.port, 0, 65535),
@@ -212,6 +267,8 @@ def _server(reader: _Reader) -> ServerSettings:
         action_timeout=reader.number("action_timeout", defaults.action_timeout, 0.01, 86400),
         worker_threads=reader.int("worker_threads", defaults.worker_threads, 1, 1024),
         worker_queue_limit=reader.int("worker_queue_limit", defaults.worker_queue_limit, 1, 1_000_000),
+        require_tls_for_plaintext=bool(reader.bool("require_tls_for_plaintext", False)),
+        tls=tls,
     )
     for name in ("asterisk_version", "system_name"):
         value = getattr(settings, name)
@@ -239,15 +296,35 @@ def _users(reader: _Reader) -> Mapping[str, UserConfig]:
         if name.lower() in users:
             raise reader.error(name, "duplicate user (user names are case-insensitive)")
         user = reader.sub(name)
+        has_secret, has_hash = "secret" in user.table, "secret_hash" in user.table
+        if has_secret and has_hash:
+            raise user.error("secret_hash", "set either secret or secret_hash, not both")
         secret = user.str("secret", "")
-        if not secret:
-            raise user.error("secret", "is required and must not be empty")
+        secret_hash = user.str("secret_hash", "")
+        if has_hash:
+            if not secret_hash:
+                raise user.error("secret_hash", "must not be empty")
+            try:
+                parse_secret_hash(secret_hash)
+            except ValueError as exc:
+                raise user.error("secret_hash", str(exc)) from None
+        elif not secret:
+            raise user.error("secret", "is required (or secret_hash) and must not be empty")
+        permit, deny = user.str_list("permit"), user.str_list("deny")
+        try:
+            acl = AddressACL.parse(permit, deny)
+        except ValueError as exc:
+            key, _, problem = str(exc).partition(": ")
+            raise user.error(key, problem) from None
         users[name.lower()] = UserConfig(
             name=name,
             secret=secret,
             read=_classes(user, "read"),
             write=_classes(user, "write"),
             allow_multiple_login=user.bool("allow_multiple_login", None),
+            secret_hash=secret_hash,
+            acl=acl,
+            require_tls_for_plaintext=user.bool("require_tls_for_plaintext", None),
         )
         user.finish()
     reader.finish()
@@ -286,25 +363,31 @@ def _plugins(reader: _Reader) -> PluginSettings:
     return PluginSettings(disable=disable, required=required, tables=MappingProxyType(tables))
 
 
-def _auth(reader: _Reader) -> Tuple[str, ...]:
-    backends = reader.str_list("backends") if "backends" in reader.table else ("config",)
+def _auth(reader: _Reader) -> AuthSettings:
+    defaults = AuthSettings()
+    backends = reader.str_list("backends") if "backends" in reader.table else defaults.backends
     if not backends:
         raise reader.error("backends", "must name at least one backend")
     if len(set(backends)) != len(backends):
         raise reader.error("backends", "names a backend twice")
+    settings = AuthSettings(
+        backends=backends,
+        timeout=reader.number("timeout", defaults.timeout, 0.01, 300),
+        worker_threads=reader.int("worker_threads", defaults.worker_threads, 1, 256),
+    )
     reader.finish()
-    return backends
+    return settings
 
 
-def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
-    """Validate an already parsed TOML document."""
+def parse_config(data: Mapping[str, Any], source: str = "<config>", base: Optional[Path] = None) -> Config:
+    """Validate an already parsed TOML document; relative file names are resolved against ``base``."""
     root = _Reader(source, "", data)
     config = Config(
-        server=_server(root.sub("server")),
+        server=_server(root.sub("server"), base),
         users=_users(root.sub("users")),
         logging=_logging(root.sub("logging")),
         plugins=_plugins(root.sub("plugins")),
-        auth_backends=_auth(root.sub("auth")),
+        auth=_auth(root.sub("auth")),
         source=source,
     )
     root.finish()
@@ -324,4 +407,4 @@ def load_config(path: Union[str, Path]) -> Config:
         raise ConfigError(source, "", f"not UTF-8 text: {exc.reason}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, "", f"invalid TOML: {exc}") from None
-    return parse_config(data, source)
+    return parse_config(data, source, Path(path).resolve().parent)

@@ -3,12 +3,13 @@
 Implement hooks with ``@ami_server.hookimpl`` in a module or class that is
 registered either as a builtin or through the ``ami_server.actions`` entry
 point group. An implementation may accept any subset of a hook's arguments.
-All hooks are called on the event loop thread: they must not block.
+Every hook but ``authenticate`` is called on the event loop thread and must
+not block.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import pluggy
 
@@ -47,18 +48,23 @@ def on_event(event: Event) -> None:
 
 
 @hookspec(firstresult=True)
-def authenticate(request: AuthRequest) -> Optional[AuthDecision]:
+def authenticate(request: AuthRequest, config: Mapping[str, Any]) -> Optional[AuthDecision]:
     """Decide a Login: the authentication backend chain (first answer wins).
 
     Called for each Login with a non-empty ``Username`` on an unauthenticated
-    session. ``request`` carries the username, the plaintext secret or the
-    MD5 challenge and key, and the peer's addresses. Return ``None`` when the
-    user is not yours (the next backend is asked), ``AuthDecision.accept(...)``
-    with the user's read and write classes, or ``AuthDecision.reject(reason)``.
-    When every backend returns ``None`` the login fails as an unknown user.
-    An exception or a value that is not an ``AuthDecision`` fails the login
-    (fail closed) and is audited as ``AuthBackendError``; the client sees the
-    same ``Authentication failed`` either way (A-3.8, A-3.15).
+    session, only for plugins named in ``[auth] backends`` and in that order.
+    Unlike the other hooks it runs in a worker thread, never on the event
+    loop, so it may block (a database, a directory) but must be thread-safe.
+    ``request`` carries the username, the plaintext secret or the MD5
+    challenge and key, and the peer's addresses; ``config`` is the plugin's
+    own ``[plugins.<name>]`` table. Return ``None`` when the user is not
+    yours (the next backend is asked), ``AuthDecision.accept(...)`` with the
+    user's read and write classes, or ``AuthDecision.reject(reason)``. When
+    every backend returns ``None`` the login fails as an unknown user. An
+    exception, a value that is not an ``AuthDecision``, or no answer within
+    ``[auth] timeout`` seconds fails the login (fail closed) and is audited
+    as ``AuthBackendError``; a late answer is ignored. The client sees the
+    same ``Authentication failed`` whatever the cause (A-3.8, A-3.15).
     """
 
 

@@ -43,6 +43,7 @@ from .plugins import (
 )
 from .privileges import CLASSES, format_privilege, parse_event_mask
 from .protocol import Message, encode, render_block, render_response, clean
+from .acl import normalize_ip
 from .security import format_address, new_challenge, new_session_id, security_event
 from .session import AUTHENTICATED, CLOSING, ActionRun, Session
 from .workers import Outcome, WorkerPool
@@ -62,6 +63,7 @@ _SECURITY_EVENT_NAMES = frozenset(
     }
 )
 _REJECT_EVENTS = {
+    "acl_denied": "FailedACL",
     "unknown_user": "InvalidAccountID",
     "invalid_password": "InvalidPassword",
     "challenge_failed": "ChallengeResponseFailed",
@@ -169,7 +171,9 @@ class Server:
         else:
             fmt = "json" if config.logging.format == "auto" else config.logging.format
         self.log_sink = log_sink
-        self.redactor = Redactor(u.secret for u in config.users.values())
+        self.redactor = Redactor(
+            value for u in config.users.values() for value in (u.secret, u.secret_hash) if value
+        )
         self.log = make_logger(log_sink, config.logging.level, fmt, self.redactor)
         self.sessions: Dict[int, Session] = {}
         self.authenticated: Dict[int, Session] = {}
@@ -188,6 +192,9 @@ class Server:
         self._hooks: Dict[str, HookCaller] = {}
         self.workers = WorkerPool(
             self.settings.worker_threads, self.settings.worker_queue_limit, self._loop_error
+        )
+        self.auth_workers = WorkerPool(
+            config.auth.worker_threads, self.settings.auth_limit, self._loop_error, name="ami-auth"
         )
         self.handle = ServerHandle(self.publish, self.loop.call_soon_threadsafe, self.loop.call_later, self.settings)
 
@@ -273,6 +280,7 @@ class Server:
         for session in list(self.sessions.values()):
             self._close(session, "shutdown")
         self.workers.close()
+        self.auth_workers.close()
         self.log.info("ServerStopped")
         self.loop.close()
         if self._own_sink:
@@ -690,17 +698,36 @@ class Server:
             return False
         return any(s.user_key == key for s in self.authenticated.values())
 
-    def _fail_later(self, session: Session, run: ActionRun, message: str, reason: str) -> Deferred:
+    def _fail_later(
+        self, session: Session, run: ActionRun, message: str, reason: str, deferred: Optional[Deferred] = None
+    ) -> Deferred:
         """A-3.8: enter CLOSING now, answer ``message`` after the delay, then close."""
         session.state = CLOSING
         session.close_reason = reason
         session.changed()
-        deferred = Deferred()
+        if deferred is None:
+            deferred = Deferred()
+        if run.timer is not None:
+            run.timer.cancel()
+        answer = deferred
         run.timer = self.loop.call_later(
             self.settings.login_failure_delay,
-            lambda: deferred.complete(Response("Error", message, close=True)),
+            lambda: answer.complete(Response("Error", message, close=True)),
         )
         return deferred
+
+    def _plaintext_refused(self, session: Session, username: str) -> bool:
+        """``require_tls_for_plaintext``: a plaintext Secret only over TLS or from loopback."""
+        required = self.settings.require_tls_for_plaintext
+        user = self.config.user(username)
+        if user is not None and user.require_tls_for_plaintext is not None:
+            required = user.require_tls_for_plaintext
+        if not required or session.transport == "TLS":
+            return False
+        try:
+            return not normalize_ip(session.remote[0]).is_loopback
+        except ValueError:
+            return True
 
     def _login(self, session: Session, run: ActionRun, request: Message) -> Any:
         if session.state == AUTHENTICATED:
@@ -710,50 +737,96 @@ class Server:
             self.audit("LoginFailed", **self._who(session, ""), reason="no username")
             return self._fail_later(session, run, "Authentication failed", "login failed")
         md5 = (request.get("AuthType") or "").lower() == "md5"
+        auth_type = "md5" if md5 else "plain"
+        if not md5 and self._plaintext_refused(session, username):
+            self.audit(
+                "LoginFailed", **self._who(session, username), auth_type=auth_type,
+                reason="plaintext secret refused without TLS", backend=None,
+            )
+            return self._fail_later(session, run, "Authentication failed", "login failed")
         auth = AuthRequest(
             username=username,
-            auth_type="md5" if md5 else "plain",
+            auth_type=auth_type,
             secret=None if md5 else request.get("Secret"),
             challenge=session.challenge if md5 else None,
             key=request.get("Key") if md5 else None,
             remote_address=session.remote_address,
             local_address=session.local_address,
             transport=session.transport,
+            peer_ip=session.peer_ip,
         )
-        backend, decision = self._authenticate(session, auth)
+        deferred = Deferred()
+        attempt = _AuthAttempt(auth, deferred)
+        chain = list(self._hooks["authenticate"].impls)
+        tables = self.config.plugins.tables
+
+        def done(outcome: Outcome) -> None:
+            self.loop.call_soon_threadsafe(lambda: self._auth_done(session, run, request, attempt, outcome))
+
+        if not self.auth_workers.submit(lambda: _ask_backends(chain, tables, attempt), done):
+            self.audit(
+                "AuthBackendError", **self._who(session, username), backend=None,
+                error="too many logins waiting for a backend",
+            )
+            return self._fail_later(session, run, "Authentication failed", "login failed", deferred)
+        run.timer = self.loop.call_later(self.config.auth.timeout, lambda: self._auth_timed_out(session, run, attempt))
+        return deferred
+
+    def _auth_timed_out(self, session: Session, run: ActionRun, attempt: "_AuthAttempt") -> None:
+        if attempt.settled or session.closed or session.current is not run:
+            return
+        attempt.settled = True
+        self.audit(
+            "AuthBackendError", **self._who(session, attempt.request.username), backend=attempt.backend,
+            error=f"no answer within {self.config.auth.timeout:g} s",
+        )
+        self._reject(session, run, attempt, None, AuthDecision.reject())
+
+    def _auth_done(self, session: Session, run: ActionRun, request: Message, attempt: "_AuthAttempt", outcome: Outcome) -> None:
+        """The backend chain answered (on the loop): accept or reject the Login."""
+        if attempt.settled or session.closed or session.current is not run:
+            return
+        attempt.settled = True
+        if run.timer is not None:
+            run.timer.cancel()
+            run.timer = None
+        value, exc = outcome
+        username = attempt.request.username
+        if exc is not None:
+            value = (attempt.backend, None, f"authentication chain failed: {exc!r}")
+        backend, decision, error = value
+        if error is not None:
+            self.audit("AuthBackendError", **self._who(session, username), backend=backend, error=error)
+            decision = AuthDecision.reject()
         if decision is None:
             decision = AuthDecision.reject("unknown_user")
         if not decision.accepted:
-            event = _REJECT_EVENTS.get(decision.reason or "")
-            if event == "ChallengeResponseFailed":
-                self._security(session, event, account=username, extra=(("Challenge", session.challenge or ""),))
-            elif event:
-                self._security(session, event, account=username)
-            self.audit(
-                "LoginFailed", **self._who(session, username), auth_type=auth.auth_type,
-                reason=decision.reason or "rejected", backend=backend,
-            )
-            return self._fail_later(session, run, "Authentication failed", "login failed")
-        return self._accept_login(session, request, decision, backend, auth.auth_type)
+            self._reject(session, run, attempt, backend, decision)
+            return
+        if self._login_in_use(username):
+            # Another session of this user logged in while the backend was deciding (A-3.13).
+            self._security(session, "SessionLimit", account=username)
+            self._fail_later(session, run, "Login Already In Use", "login in use", attempt.deferred)
+            return
+        attempt.deferred.complete(self._accept_login(session, request, decision, backend, attempt.request.auth_type))
 
-    def _authenticate(self, session: Session, auth: AuthRequest) -> Tuple[Optional[str], Optional[AuthDecision]]:
-        """Ask the backends in order; any failure is a rejection (fail closed, A-3.15)."""
-        for plugin, function, argnames in self._hooks["authenticate"].impls:
-            try:
-                result = function(*[{"request": auth}[a] for a in argnames])
-            except Exception as exc:  # noqa: BLE001
-                self.audit("AuthBackendError", **self._who(session, auth.username), backend=plugin, error=repr(exc))
-                return plugin, AuthDecision.reject()
-            if result is None:
-                continue
-            if not isinstance(result, AuthDecision):
-                self.audit(
-                    "AuthBackendError", **self._who(session, auth.username), backend=plugin,
-                    error=f"returned {type(result).__name__}, not an AuthDecision",
-                )
-                return plugin, AuthDecision.reject()
-            return plugin, result
-        return None, None
+    def _reject(
+        self, session: Session, run: ActionRun, attempt: "_AuthAttempt", backend: Optional[str], decision: AuthDecision
+    ) -> None:
+        username = attempt.request.username
+        event = _REJECT_EVENTS.get(decision.reason or "")
+        if event == "ChallengeResponseFailed":
+            self._security(session, event, account=username, extra=(("Challenge", session.challenge or ""),))
+        elif event:
+            self._security(session, event, account=username)
+        fields: Dict[str, Any] = {}
+        if decision.detail:
+            fields["detail"] = decision.detail
+        self.audit(
+            "LoginFailed", **self._who(session, username), auth_type=attempt.request.auth_type,
+            reason=decision.reason or "rejected", backend=backend, **fields,
+        )
+        self._fail_later(session, run, "Authentication failed", "login failed", attempt.deferred)
 
     def _accept_login(
         self, session: Session, request: Message, decision: AuthDecision, backend: Optional[str], auth_type: str
@@ -906,6 +979,44 @@ class Server:
             )
 
         return report
+
+
+class _AuthAttempt:
+    """One Login's trip through the backend chain; ``settled`` drops a late answer."""
+
+    __slots__ = ("request", "deferred", "backend", "settled")
+
+    def __init__(self, request: AuthRequest, deferred: Deferred) -> None:
+        self.request = request
+        self.deferred = deferred
+        #: The backend being asked right now (named in a timeout's audit record).
+        self.backend: Optional[str] = None
+        self.settled = False
+
+
+def _ask_backends(
+    chain: Sequence[Tuple[str, Callable[..., Any], Tuple[str, ...]]],
+    tables: Any,
+    attempt: _AuthAttempt,
+) -> Tuple[Optional[str], Optional[AuthDecision], Optional[str]]:
+    """Run in an auth worker: ask each backend in order (A-3.15).
+
+    Returns ``(backend, decision, error)``; any failure is an ``error`` and
+    the login is then rejected (fail closed).
+    """
+    for plugin, function, argnames in chain:
+        attempt.backend = plugin
+        arguments = {"request": attempt.request, "config": tables.get(plugin, {})}
+        try:
+            result = function(*[arguments[a] for a in argnames])
+        except Exception as exc:  # noqa: BLE001 - fail closed, audited by the caller
+            return plugin, None, repr(exc)
+        if result is None:
+            continue
+        if not isinstance(result, AuthDecision):
+            return plugin, None, f"returned {type(result).__name__}, not an AuthDecision"
+        return plugin, result, None
+    return None, None, None
 
 
 def _cut(text: str, limit: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING, Any, List, Optional
 
+from .acl import normalize_ip
 from .api import Deferred, Response, SessionInfo, TimerHandle
 from .privileges import ALL
 from .protocol import Parser
@@ -83,6 +84,15 @@ class Session:
         self.closed = False
         self._info: Optional[SessionInfo] = None
         self.opened_at = opened_at
+
+    @property
+    def peer_ip(self) -> str:
+        """The client's IP address, IPv4-mapped IPv6 shown as IPv4."""
+        host = self.remote[0] if isinstance(self.remote, tuple) else ""
+        try:
+            return str(normalize_ip(host))
+        except ValueError:
+            return host
 
     @property
     def authenticated(self) -> bool:

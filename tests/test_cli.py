@@ -103,3 +103,24 @@ def test_port_in_use_is_a_clear_error(tmp_path):
         holder.close()
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_hash_secret_reads_stdin_and_the_hash_logs_in(tmp_path):
+    result = subprocess.run(
+        CMD + ["hash-secret", "--cost", "10"], input="pipe-secret\n", capture_output=True, text=True,
+        timeout=60, cwd=ROOT.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    encoded = result.stdout.strip()
+    assert encoded.startswith("$scrypt$ln=10,r=8,p=1$") and "pipe-secret" not in result.stdout
+    from ami_server.testing import make_config, running_server
+
+    cfg = make_config({"users": {"ops": {"secret_hash": encoded, "read": "all", "write": "all"}}})
+    with running_server(cfg) as srv, srv.client() as client:
+        assert client.login("ops", "pipe-secret")["Message"] == "Authentication accepted"
+
+
+def test_hash_secret_refuses_an_empty_secret():
+    result = subprocess.run(CMD + ["hash-secret"], input="\n", capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "must not be empty" in result.stderr and result.stdout == ""

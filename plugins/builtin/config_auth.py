@@ -8,6 +8,7 @@ from typing import Mapping, Optional
 
 from ami_server import AuthDecision, AuthRequest, hookimpl
 from ami_server.config import UserConfig
+from ami_server.passwords import SecretHash, parse_secret_hash, verify_secret
 
 
 def md5_key(challenge: str, secret: str) -> str:
@@ -20,23 +21,41 @@ def _same(a: str, b: str) -> bool:
 
 
 class ConfigBackend:
-    """Answers for the users listed in the configuration; ``None`` for anyone else."""
+    """Answers for the users listed in the configuration; ``None`` for anyone else.
+
+    The checks follow A-3.4: unknown user, then the address ACL, then the
+    credentials. ``secret_hash`` users can only log in with a plaintext
+    ``Secret``: an MD5 key cannot be checked against a one-way hash (A-3.5).
+    """
 
     def __init__(self, users: Mapping[str, UserConfig]) -> None:
         self.users = users
+        self._hashes: dict[str, SecretHash] = {
+            key: parse_secret_hash(user.secret_hash) for key, user in users.items() if user.secret_hash
+        }
 
     @hookimpl
     def authenticate(self, request: AuthRequest) -> Optional[AuthDecision]:
-        user = self.users.get(request.username.lower())
+        key = request.username.lower()
+        user = self.users.get(key)
         if user is None:
             return None
+        if not user.acl.allows(request.peer_ip):
+            return AuthDecision.reject("acl_denied", detail=f"{request.peer_ip} not allowed by the user's ACL")
         if request.auth_type == "md5":
+            if user.secret_hash:
+                return AuthDecision.reject(detail="MD5 login for a user with secret_hash (no plaintext to hash)")
             if not (request.key and request.challenge):
-                return AuthDecision.reject()
+                return AuthDecision.reject(detail="MD5 login without a challenge or key")
             if _same(request.key, md5_key(request.challenge, user.secret)):
                 return self._accept(user)
             return AuthDecision.reject("challenge_failed")
-        if request.secret is not None and _same(request.secret, user.secret):
+        if request.secret is None:
+            return AuthDecision.reject("invalid_password", detail="no Secret header")
+        if user.secret_hash:
+            if verify_secret(request.secret, self._hashes[key]):
+                return self._accept(user)
+        elif _same(request.secret, user.secret):
             return self._accept(user)
         return AuthDecision.reject("invalid_password")
 
