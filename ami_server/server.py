@@ -9,6 +9,7 @@ loop timer.
 from __future__ import annotations
 
 import socket
+import ssl
 import sys
 import time
 import traceback
@@ -180,6 +181,9 @@ class Server:
         self.unauthenticated = 0
         self.listener: Optional[socket.socket] = None
         self.address: Optional[Tuple[str, int]] = None
+        self.tls_listener: Optional[socket.socket] = None
+        self.tls_address: Optional[Tuple[str, int]] = None
+        self.tls_context: Optional[ssl.SSLContext] = None
         self.plugins: List[PluginRecord] = []
         self.actions = ActionRegistry()
         self.started_at = time.monotonic()
@@ -219,15 +223,66 @@ class Server:
                 f"{self.config.source}: auth.backends: no loaded plugin named {missing[0]!r} implements authenticate"
             )
         auth.impls = [by_plugin[name] for name in self.config.auth_backends]
+        if self.settings.tls is not None:
+            self.tls_context = self._tls_context()
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """Load the certificate and key now, so that a bad file stops start-up (and --check-config)."""
+        tls = self.settings.tls
+        assert tls is not None
+        source = self.config.source
+        for key, path in (("certificate", tls.certificate), ("key", tls.key)):
+            try:
+                with open(path, "rb") as stream:
+                    stream.read(1)
+            except OSError as exc:
+                raise ServerError(f"{source}: server.tls.{key}: cannot read {path!r}: {exc.strerror or exc}") from None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(tls.certificate, tls.key)
+        except ssl.SSLError as exc:
+            raise ServerError(
+                f"{source}: server.tls: cannot use certificate {tls.certificate!r} with key {tls.key!r}: "
+                f"{exc.reason or exc}"
+            ) from None
+        return context
 
     def start(self) -> Tuple[str, int]:
-        """Load plugins, bind and listen; returns the bound address."""
+        """Load plugins, bind and listen; returns the bound address of the plain listener."""
         self.load()
-        host, port = self.settings.host, self.settings.port
+        listener = self._listen(self.settings.host, self.settings.port, "server")
+        self.listener = listener
+        self.address = listener.getsockname()[:2]
+        self.loop.register(listener, selectors.EVENT_READ, lambda m: self._on_accept(listener, "TCP"))
+        addresses = [f"{self.address[0]}:{self.address[1]}"]
+        tls = self.settings.tls
+        if tls is not None:
+            try:
+                tls_listener = self._listen(tls.host, tls.port, "server.tls")
+            except ServerError:
+                self.loop.unregister(listener)
+                listener.close()
+                self.listener = None
+                raise
+            self.tls_listener = tls_listener
+            self.tls_address = tls_listener.getsockname()[:2]
+            self.loop.register(tls_listener, selectors.EVENT_READ, lambda m: self._on_accept(tls_listener, "TLS"))
+            addresses.append(f"{self.tls_address[0]}:{self.tls_address[1]} (TLS)")
+        self.log.info(
+            "ServerStarted",
+            address=addresses[0],
+            addresses=addresses,
+            plugins=[r.name for r in self.plugins if r.status == "loaded"],
+            actions=len(self.actions),
+        )
+        return self.address
+
+    def _listen(self, host: str, port: int, key: str) -> socket.socket:
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         except socket.gaierror as exc:
-            raise ServerError(f"{self.config.source}: server.host: cannot resolve {host!r}: {exc}") from None
+            raise ServerError(f"{self.config.source}: {key}.host: cannot resolve {host!r}: {exc}") from None
         family, _, _, _, sockaddr = infos[0]
         listener = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -236,18 +291,9 @@ class Server:
             listener.listen(512)
         except OSError as exc:
             listener.close()
-            raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            raise ServerError(f"cannot listen on {host}:{port} ({key}): {exc.strerror or exc}") from None
         listener.setblocking(False)
-        self.listener = listener
-        self.address = listener.getsockname()[:2]
-        self.loop.register(listener, selectors.EVENT_READ, self._on_accept)
-        self.log.info(
-            "ServerStarted",
-            address=f"{self.address[0]}:{self.address[1]}",
-            plugins=[r.name for r in self.plugins if r.status == "loaded"],
-            actions=len(self.actions),
-        )
-        return self.address
+        return listener
 
     def serve_forever(self) -> None:
         """Run the loop until :meth:`stop`; then close every session."""
@@ -273,10 +319,11 @@ class Server:
             pass
 
     def _shutdown(self) -> None:
-        if self.listener is not None:
-            self.loop.unregister(self.listener)
-            self.listener.close()
-            self.listener = None
+        for listener in (self.listener, self.tls_listener):
+            if listener is not None:
+                self.loop.unregister(listener)
+                listener.close()
+        self.listener = self.tls_listener = None
         for session in list(self.sessions.values()):
             self._close(session, "shutdown")
         self.workers.close()
@@ -290,21 +337,19 @@ class Server:
         self.log.error("LoopCallbackFailed", error=repr(exc), exc_info=exc)
 
     # ------------------------------------------------------------- accepting
-    def _on_accept(self, mask: int) -> None:
-        assert self.listener is not None
+    def _on_accept(self, listener: socket.socket, transport: str) -> None:
         for _ in range(64):
             try:
-                sock, remote = self.listener.accept()
+                sock, remote = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 self.log.warning("AcceptFailed", error=exc.strerror or str(exc))
                 return
-            self._accepted(sock, remote)
+            self._accepted(sock, remote, transport)
 
-    def _accepted(self, sock: socket.socket, remote: Any) -> None:
+    def _accepted(self, sock: socket.socket, remote: Any, transport: str = "TCP") -> None:
         local = sock.getsockname()
-        transport = "TCP"
         remote_address = format_address(remote, transport)
         local_address = format_address(local, transport)
         if self.unauthenticated >= self.settings.auth_limit:
@@ -318,7 +363,16 @@ class Server:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
-            pass
+            pass  # not every socket family has TCP_NODELAY; it only affects latency
+        if transport == "TLS":
+            assert self.tls_context is not None
+            try:
+                sock = self.tls_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            except (OSError, ValueError) as exc:
+                sock.close()
+                self.audit("TLSHandshakeFailed", remote_address=remote_address, local_address=local_address,
+                           error=str(exc))
+                return
         session = Session(
             sock, new_session_id(s.session_id for s in self.sessions.values()),
             remote, local, remote_address, local_address, transport, time.time(),
@@ -326,12 +380,57 @@ class Server:
         self.sessions[session.fd] = session
         self.unauthenticated += 1
         self.stats["sessions_accepted"] += 1
-        self.audit("SessionOpened", **self._who(session))
-        self._call_hook("on_session_open", session=session.info())
         self.loop.register(sock, selectors.EVENT_READ, lambda m, s=session: self._on_ready(s, m))
         session.selector_events = selectors.EVENT_READ
+        # The TLS handshake counts against auth_timeout (P-1.1, A-3.11).
         session.auth_timer = self.loop.call_later(self.settings.auth_timeout, lambda: self._auth_timeout(session))
+        if transport == "TLS":
+            session.handshaking = True
+            self._handshake(session)
+        else:
+            self._opened(session)
+
+    def _opened(self, session: Session) -> None:
+        """The connection is a session now (after the TLS handshake): hooks, audit, banner."""
+        session.opened = True
+        self.audit("SessionOpened", **self._who(session))
+        self._call_hook("on_session_open", session=session.info())
         self._write(session, f"Asterisk Call Manager/{self.settings.ami_version}\r\n".encode())
+
+    def _handshake(self, session: Session) -> None:
+        """Advance a non-blocking TLS handshake; never waits on the loop."""
+        sock = session.sock
+        try:
+            sock.do_handshake()  # type: ignore[attr-defined]
+        except ssl.SSLWantReadError:
+            self._set_interest(session, selectors.EVENT_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._set_interest(session, selectors.EVENT_WRITE)
+            return
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+            self.audit(
+                "TLSHandshakeFailed", remote_address=session.remote_address,
+                local_address=session.local_address, error=str(reason),
+            )
+            self._close(session, "TLS handshake failed")
+            return
+        session.handshaking = False
+        self._set_interest(session, selectors.EVENT_READ)
+        self._opened(session)
+
+    def _set_interest(self, session: Session, events: int) -> None:
+        """Tell the selector which readiness events this session waits for (0: none)."""
+        if events == session.selector_events:
+            return
+        if not events:
+            self.loop.unregister(session.sock)
+        elif session.selector_events:
+            self.loop.modify(session.sock, events, lambda m, s=session: self._on_ready(s, m))
+        else:
+            self.loop.register(session.sock, events, lambda m, s=session: self._on_ready(s, m))
+        session.selector_events = events
 
     def _auth_timeout(self, session: Session) -> None:
         if session.closed or session.state == AUTHENTICATED:
@@ -345,6 +444,9 @@ class Server:
     def _on_ready(self, session: Session, mask: int) -> None:
         if session.closed:
             return
+        if session.handshaking:
+            self._handshake(session)
+            return
         if mask & selectors.EVENT_WRITE:
             self._send(session)
             if session.closed:
@@ -353,10 +455,17 @@ class Server:
             self._receive(session)
 
     def _receive(self, session: Session) -> None:
+        sock = session.sock
         try:
-            data = session.sock.recv(_RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
+            data = sock.recv(_RECV_SIZE)
+            if data and session.transport == "TLS":
+                # Decrypted bytes already inside the TLS object never wake the selector.
+                while sock.pending():  # type: ignore[attr-defined]
+                    data += sock.recv(sock.pending())  # type: ignore[attr-defined]
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
+        except ssl.SSLZeroReturnError:
+            data = b""  # the peer's TLS close_notify: end of stream
         except OSError:
             self._close(session, "I/O error")
             return
@@ -409,16 +518,7 @@ class Server:
             events |= selectors.EVENT_READ
         if session.out:
             events |= selectors.EVENT_WRITE
-        if events != session.selector_events:
-            if events:
-                callback = lambda m, s=session: self._on_ready(s, m)  # noqa: E731
-                if session.selector_events:
-                    self.loop.modify(session.sock, events, callback)
-                else:
-                    self.loop.register(session.sock, events, callback)
-            else:
-                self.loop.unregister(session.sock)
-            session.selector_events = events
+        self._set_interest(session, events)
 
     def _write(self, session: Session, data: bytes) -> None:
         if session.closed:
@@ -439,7 +539,7 @@ class Server:
         if out:
             try:
                 sent = session.sock.send(out)
-            except (BlockingIOError, InterruptedError):
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 sent = 0
             except OSError:
                 self._close(session, "I/O error")
@@ -500,6 +600,8 @@ class Server:
             pass
         session.state = CLOSING
         session.changed()
+        if not session.opened:
+            return  # a TLS handshake that never completed: never a session for the hooks
         info = session.info()
         self.audit(
             "SessionClosed", **self._who(session), reason=reason,

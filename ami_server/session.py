@@ -49,7 +49,7 @@ class Session:
         "local_address", "state", "parser", "out", "pending", "pending_bytes",
         "username", "user_key", "read", "write", "mask", "challenge", "login_time",
         "current", "eof", "close_after_flush", "close_reason", "auth_timer",
-        "linger_timer", "selector_events", "closed", "_info", "opened_at",
+        "linger_timer", "selector_events", "closed", "_info", "opened_at", "handshaking", "opened",
     )
 
     def __init__(self, sock: socket.socket, session_id: str, remote: Any, local: Any,
@@ -84,6 +84,10 @@ class Session:
         self.closed = False
         self._info: Optional[SessionInfo] = None
         self.opened_at = opened_at
+        #: A TLS session before its handshake completed: no banner, no hooks yet.
+        self.handshaking = False
+        #: on_session_open ran (so on_session_close must run exactly once).
+        self.opened = False
 
     @property
     def peer_ip(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,9 +146,12 @@ class Replayer:
     """Replays one transcript against a server at ``(host, port)``."""
 
     def __init__(self, host: str, port: int, step_timeout: float = 8.0, max_gap: float = 0.15,
-                 expected_transform: Optional[Callable[[int, bytes], bytes]] = None) -> None:
+                 expected_transform: Optional[Callable[[int, bytes], bytes]] = None,
+                 tls_port: Optional[int] = None, tls_context: Optional[ssl.SSLContext] = None) -> None:
         self.host = host
         self.port = port
+        self.tls_port = tls_port
+        self.tls_context = tls_context
         self.step_timeout = step_timeout
         self.max_gap = max_gap
         # Applied to all bytes recorded so far on a connection (spec §8 adjustments).
@@ -168,7 +172,7 @@ class Replayer:
             data = sock.recv(65536)
         except socket.timeout:
             return False
-        except ConnectionResetError:
+        except (ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
             data = b""
         if not data:
             self.closed[conn] = True
@@ -214,8 +218,14 @@ class Replayer:
                 if step.kind in ("connect", "send") and gap > 0.05:
                     time.sleep(min(gap, self.max_gap))
                 conn = step.conn
-                if step.kind == "connect":
-                    sock = socket.create_connection((self.host, self.port), timeout=self.step_timeout)
+                if step.kind in ("connect", "connect_tls"):
+                    if step.kind == "connect_tls":
+                        if self.tls_port is None or self.tls_context is None:
+                            raise ReplayError(f"C{conn}: the transcript connects over TLS; no TLS listener given")
+                        raw = socket.create_connection((self.host, self.tls_port), timeout=self.step_timeout)
+                        sock = self.tls_context.wrap_socket(raw, server_hostname=self.host)
+                    else:
+                        sock = socket.create_connection((self.host, self.port), timeout=self.step_timeout)
                     self.socks[conn] = sock
                     self.expected[conn] = b""
                     self.recorded[conn] = b""
