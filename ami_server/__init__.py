@@ -4,6 +4,7 @@ This package exports the public plugin API only; everything else is internal.
 """
 
 from ._version import __version__
+from .acl import AddressACL
 from .api import (
     Action,
     ActionContext,
@@ -20,9 +21,11 @@ from .api import (
     action,
 )
 from .hookspecs import hookimpl
+from .passwords import hash_secret, verify_secret
 
 __all__ = [
     "__version__",
+    "AddressACL",
     "Action",
     "ActionContext",
     "ActionError",
@@ -36,5 +39,7 @@ __all__ = [
     "SessionInfo",
     "TimerHandle",
     "action",
+    "hash_secret",
     "hookimpl",
+    "verify_secret",
 ]

@@ -356,6 +356,7 @@ class Server:
             sock.close()
             self.audit(
                 "AuthLimitReached", remote_address=remote_address, local_address=local_address,
+                remote_ip=_ip_of(remote),
                 limit=self.settings.auth_limit,
             )
             return
@@ -371,7 +372,7 @@ class Server:
             except (OSError, ValueError) as exc:
                 sock.close()
                 self.audit("TLSHandshakeFailed", remote_address=remote_address, local_address=local_address,
-                           error=str(exc))
+                           remote_ip=_ip_of(remote), error=str(exc))
                 return
         session = Session(
             sock, new_session_id(s.session_id for s in self.sessions.values()),
@@ -410,10 +411,7 @@ class Server:
             return
         except (OSError, ValueError) as exc:
             reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
-            self.audit(
-                "TLSHandshakeFailed", remote_address=session.remote_address,
-                local_address=session.local_address, error=str(reason),
-            )
+            self.audit("TLSHandshakeFailed", **self._who(session), error=str(reason))
             self._close(session, "TLS handshake failed")
             return
         session.handshaking = False
@@ -975,8 +973,11 @@ class Server:
 
         Safe from any thread: off the loop, the publication is handed over.
         """
+        self._publish(event, None)
+
+    def _publish(self, event: Event, audit_fields: Optional[Dict[str, Any]]) -> None:
         if not self.loop.in_loop_thread():
-            self.loop.call_soon_threadsafe(lambda: self.publish(event))
+            self.loop.call_soon_threadsafe(lambda: self._publish(event, audit_fields))
             return
         if not isinstance(event, Event):
             raise TypeError(f"publish() takes an Event, not {type(event).__name__}")
@@ -986,8 +987,9 @@ class Server:
         for session in list(self.authenticated.values()):
             if session.read & classes == classes and session.mask & classes == classes:
                 self._deliver(session, data)
-        if event.name in _SECURITY_EVENT_NAMES:
-            self.audit(event.name, **{name: value for name, value in event.headers})
+        if audit_fields is not None or event.name in _SECURITY_EVENT_NAMES:
+            # A-3.16: every security event is an audit record too, received or not.
+            self.audit(event.name, **(audit_fields or {}), **{name: value for name, value in event.headers})
         hook = self._hooks.get("on_event")
         if hook:
             hook.call(self._hook_error("on_event"), event=event)
@@ -1041,17 +1043,17 @@ class Server:
 
     # ----------------------------------------------------------- security
     def _security(self, session: Session, name: str, account: Optional[str] = None, extra: Tuple[Tuple[str, str], ...] = ()) -> None:
-        self.publish(
-            security_event(
-                name,
-                session_id=session.session_id,
-                local_address=session.local_address,
-                remote_address=session.remote_address,
-                account_id=session.username if account is None else account,
-                session_tv=session.login_time,
-                extra=extra,
-            )
+        account_id = session.username if account is None else account
+        event = security_event(
+            name,
+            session_id=session.session_id,
+            local_address=session.local_address,
+            remote_address=session.remote_address,
+            account_id=account_id,
+            session_tv=session.login_time,
+            extra=extra,
         )
+        self._publish(event, self._who(session, account_id))
 
     # ---------------------------------------------------------------- audit
     def audit(self, record: str, **fields: Any) -> None:
@@ -1064,6 +1066,7 @@ class Server:
             "session": session.session_id,
             "remote_address": session.remote_address,
             "local_address": session.local_address,
+            "remote_ip": session.peer_ip,
             "tls": session.transport == "TLS",
             "username": session.username if username is None else username,
         }
@@ -1119,6 +1122,14 @@ def _ask_backends(
             return plugin, None, f"returned {type(result).__name__}, not an AuthDecision"
         return plugin, result, None
     return None, None, None
+
+
+def _ip_of(sockaddr: Any) -> str:
+    host = sockaddr[0] if isinstance(sockaddr, tuple) else str(sockaddr)
+    try:
+        return str(normalize_ip(host))
+    except ValueError:
+        return host
 
 
 def _cut(text: str, limit: int) -> str:
