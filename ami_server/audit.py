@@ -137,22 +137,38 @@ class Redactor:
 
     Values of sensitive field names are replaced, and any configured secret
     that appears inside another value is replaced too, so that a plugin that
-    logs a whole request cannot leak one.
+    logs a whole request cannot leak one. A secret shorter than
+    ``WHOLE_WORD_BELOW`` characters is replaced only where it stands alone
+    (not inside a longer word), or a secret like ``x`` would mangle every
+    record that contains the letter.
     """
+
+    WHOLE_WORD_BELOW = 4
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: tuple[str, ...] = ()
+        self._short: Optional[re.Pattern] = None
         self.set_secrets(secrets)
 
     def set_secrets(self, secrets: Iterable[str]) -> None:
+        unique = {s for s in secrets if s}
         # Longest first so that a secret containing another is replaced whole.
-        self._secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+        self._secrets = tuple(
+            sorted((s for s in unique if len(s) >= self.WHOLE_WORD_BELOW), key=len, reverse=True)
+        )
+        short = sorted((s for s in unique if len(s) < self.WHOLE_WORD_BELOW), key=len, reverse=True)
+        self._short = (
+            re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(map(re.escape, short)) + r")(?![A-Za-z0-9])")
+            if short else None
+        )
 
     def _scrub(self, value: Any) -> Any:
         if isinstance(value, str):
             for secret in self._secrets:
                 if secret in value:
                     value = value.replace(secret, REDACTED)
+            if self._short is not None:
+                value = self._short.sub(REDACTED, value)
             return _INLINE_SECRET_RE.sub(lambda m: m.group(1) + REDACTED, value)
         if isinstance(value, dict):
             return {

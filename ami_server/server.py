@@ -31,7 +31,7 @@ from .api import (
     ServerHandle,
     TimerHandle,
 )
-from .audit import LogSink, Redactor, StreamSink, default_format, make_logger
+from .audit import REDACTED, LogSink, Redactor, StreamSink, default_format, make_logger
 from .config import Config
 from .loop import Loop
 from .plugins import (
@@ -1115,13 +1115,21 @@ def _ask_backends(
         try:
             result = function(*[arguments[a] for a in argnames])
         except Exception as exc:  # noqa: BLE001 - fail closed, audited by the caller
-            return plugin, None, repr(exc)
+            return plugin, None, _without_credentials(repr(exc), attempt.request)
         if result is None:
             continue
         if not isinstance(result, AuthDecision):
             return plugin, None, f"returned {type(result).__name__}, not an AuthDecision"
         return plugin, result, None
     return None, None, None
+
+
+def _without_credentials(text: str, request: AuthRequest) -> str:
+    """A backend's error text may quote what it was given: never let it reach the log."""
+    for value in (request.secret, request.key):
+        if value:
+            text = text.replace(value, REDACTED)
+    return text
 
 
 def _ip_of(sockaddr: Any) -> str:

@@ -79,9 +79,9 @@ def test_the_guide_names_every_public_api_symbol():
     assert not missing, f"{GUIDE.name} does not mention {missing}"
 
 
-def tutorial_files() -> dict:
-    files = {m["path"]: m["body"] for m in FILE_MARK.finditer(guide_text())}
-    assert {"pyproject.toml", "ami_server_notes.py", "tests/test_notes.py"} <= set(files), files.keys()
+def tutorial_files(guide: Path, expected: set) -> dict:
+    files = {m["path"]: m["body"] for m in FILE_MARK.finditer(guide.read_text(encoding="utf-8"))}
+    assert expected <= set(files), files.keys()
     return files
 
 
@@ -97,10 +97,10 @@ def link_environment(venv: Path) -> None:
     (site / "_outer_environment.pth").write_text(f"import site; site.addsitedir({str(purelib)!r})\n")
 
 
-@pytest.mark.skipif(os.name != "posix", reason="venv layout")
-def test_a_plugin_written_from_the_guide_installs_and_works(tmp_path):
-    project = tmp_path / "ami-server-notes"
-    for path, body in tutorial_files().items():
+def build_tutorial(tmp_path: Path, files: dict, name: str):
+    """Write the guide's files, pip-install the project into a new venv, return (python, project)."""
+    project = tmp_path / name
+    for path, body in files.items():
         target = project / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(body, encoding="utf-8")
@@ -114,22 +114,47 @@ def test_a_plugin_written_from_the_guide_installs_and_works(tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert install.returncode == 0, install.stdout + install.stderr
-    # The guide's "ami-server plugins" check.
+    return python, project
+
+
+def listed(python: str, project: Path) -> dict:
+    """The guide's "ami-server plugins" check, as JSON."""
     listing = subprocess.run(
         [python, "-m", "ami_server.cli", "plugins", "--json"],
         capture_output=True, text=True, timeout=120, cwd=project,
     )
-    plugins = {p["name"]: p for p in json.loads(listing.stdout)["plugins"]}
-    notes = plugins["notes"]
-    assert notes["status"] == "loaded" and notes["distribution"] == "ami-server-notes"
-    assert [a["name"] for a in notes["actions"]] == ["NoteAdd", "NoteList", "NoteSave"]
-    # The guide's "pytest": the plugin's own tests against a real server.
+    return {p["name"]: p for p in json.loads(listing.stdout)["plugins"]}
+
+
+def run_tests(python: str, project: Path) -> str:
+    """The guide's "pytest": the plugin's own tests against a real server."""
     tests = subprocess.run(
         [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
         capture_output=True, text=True, timeout=300, cwd=project,
     )
     assert tests.returncode == 0, tests.stdout + tests.stderr
-    assert re.search(r"\b4 passed\b", tests.stdout), tests.stdout
+    return tests.stdout
+
+
+@pytest.mark.skipif(os.name != "posix", reason="venv layout")
+def test_a_plugin_written_from_the_guide_installs_and_works(tmp_path):
+    files = tutorial_files(GUIDE, {"pyproject.toml", "ami_server_notes.py", "tests/test_notes.py"})
+    python, project = build_tutorial(tmp_path, files, "ami-server-notes")
+    notes = listed(python, project)["notes"]
+    assert notes["status"] == "loaded" and notes["distribution"] == "ami-server-notes"
+    assert [a["name"] for a in notes["actions"]] == ["NoteAdd", "NoteList", "NoteSave"]
+    assert re.search(r"\b4 passed\b", run_tests(python, project))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="venv layout")
+def test_a_backend_written_from_the_auth_guide_installs_and_works(tmp_path):
+    guide = ROOT / "docs" / "auth-backends.md"
+    files = tutorial_files(guide, {"pyproject.toml", "ami_server_userfile.py", "tests/test_userfile.py"})
+    python, project = build_tutorial(tmp_path, files, "ami-server-userfile")
+    userfile = listed(python, project)["userfile"]
+    assert userfile["status"] == "loaded" and userfile["distribution"] == "ami-server-userfile"
+    assert userfile["hooks"] == ["authenticate"] and userfile["target"] == "ami_server_userfile:plugin"
+    assert re.search(r"\b4 passed\b", run_tests(python, project))
 
 
 if __name__ == "__main__":

@@ -70,3 +70,45 @@ def test_redactor_handles_pairs_dicts_and_inline_text():
     for needle in ("'a'", "'b'", "'c'", "hunter22", "zzz"):
         assert needle not in flat
     assert "ok" in flat
+
+
+class QuotingBackend:
+    """A careless backend: its exception quotes the credentials it was given."""
+
+    @hookimpl
+    def authenticate(self, request):
+        raise ValueError(f"cannot check {request.username}/{request.secret}/{request.key}")
+
+
+def test_hashes_backend_errors_and_short_secrets_leak_nothing():
+    from ami_server.passwords import hash_secret
+
+    hashed = hash_secret("h4shed-user-secret", log_n=10)
+    users = {
+        "hashed": {"secret_hash": hashed, "read": "all", "write": "all"},
+        "tiny": {"secret": "xq", "read": "all", "write": "all"},
+    }
+    cfg = make_config({"users": users, "logging": {"level": "debug"},
+                       "auth": {"backends": ["config", "quoting"]}})
+    sink = MemorySink()
+    with running_server(cfg, log_sink=sink, extra_plugins=[("quoting", QuotingBackend())]) as srv:
+        with srv.client() as c:
+            assert c.login("hashed", "h4shed-user-secret")["Message"] == "Authentication accepted"
+        with srv.client() as c:
+            assert c.login("tiny", "xq")["Message"] == "Authentication accepted"
+        with srv.client() as c:
+            c.send("Login", {"Username": "backend-user", "Secret": "only-the-backend-knows"})
+            c.read_until_closed()
+        with srv.client() as c:
+            c.action("Challenge", {"AuthType": "MD5"})
+            c.send("Login", {"Username": "backend-user", "AuthType": "MD5", "Key": "f" * 32})
+            c.read_until_closed()
+    text = sink.text()
+    records = sink.records()
+    errors = [r["error"] for r in records if r["event"] == "AuthBackendError"]
+    assert len(errors) == 2 and all("cannot check backend-user/" in e for e in errors)
+    for needle in ["h4shed-user-secret", hashed, hashed.split("$")[-1], "only-the-backend-knows", "f" * 32]:
+        assert needle not in text, needle
+    # The two-letter secret is removed where it stands alone but does not mangle other words.
+    assert {"SessionOpened", "LoginSucceeded", "ActionExecuted", "SessionClosed"} <= {r["event"] for r in records}
+    assert not any(" xq " in line or '"xq"' in line for line in sink.lines)
