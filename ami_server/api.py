@@ -36,10 +36,13 @@ __all__ = [
     "AuthDecision",
     "AuthRequest",
     "Block",
+    "CliCommand",
+    "CommandOutput",
     "Deferred",
     "Event",
     "Response",
     "ServerHandle",
+    "ServerStatus",
     "SessionInfo",
     "TimerHandle",
 ]
@@ -199,6 +202,9 @@ class SessionInfo:
     read_classes: int
     write_classes: int
     event_mask: int
+    state: str = ""
+    opened_at: float = 0.0
+    login_time: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -320,6 +326,72 @@ def action(
     return wrap
 
 
+@dataclass(frozen=True)
+class CommandOutput:
+    """What a CLI command answers: output lines, and whether it succeeded (B-5.16)."""
+
+    lines: Tuple[str, ...] = ()
+    success: bool = True
+
+    def __post_init__(self) -> None:
+        lines = (self.lines,) if isinstance(self.lines, str) else tuple(self.lines)
+        for line in lines:
+            if not isinstance(line, str):
+                raise TypeError(f"command output lines must be strings, got {line!r}")
+        object.__setattr__(self, "lines", lines)
+
+
+CliHandler = Callable[["ActionContext", Tuple[str, ...]], Any]
+
+
+@dataclass(frozen=True)
+class CliCommand:
+    """A CLI command that the ``Command`` action runs (B-5.16), returned from ``register_actions``.
+
+    ``command`` is its words (``"core show version"``); a request matches
+    the registered command with the most leading words in common
+    (case-insensitively), and the handler receives the context and the
+    remaining words. The handler returns a :class:`CommandOutput` or a
+    sequence of lines (success), or raises :class:`ActionError` (for
+    example ``ActionError("Command blacklisted")``). It runs on the event
+    loop and must not block.
+    """
+
+    command: str
+    handler: CliHandler
+    synopsis: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.command, str) or not self.command.split():
+            raise ValueError(f"CLI command {self.command!r} must have at least one word")
+        if "\r" in self.command or "\n" in self.command:
+            raise ValueError(f"CLI command {self.command!r} must be one line")
+        if not callable(self.handler):
+            raise TypeError(f"CLI command {self.command!r}: handler must be callable")
+        object.__setattr__(self, "command", " ".join(self.command.split()))
+
+    @property
+    def words(self) -> Tuple[str, ...]:
+        return tuple(self.command.lower().split())
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """Counters and times of a running server (CoreStatus, ServerStatus)."""
+
+    started_at: float
+    reloaded_at: float
+    sessions: int
+    authenticated: int
+    unauthenticated: int
+    events_published: int
+    events_dropped: int
+    slow_consumer_disconnects: int
+    sessions_accepted: int
+    plugins: Tuple[str, ...]
+    shutting_down: bool
+
+
 class TimerHandle:
     """A scheduled callback; :meth:`cancel` prevents it from running."""
 
@@ -398,11 +470,24 @@ class ServerHandle:
         call_soon_threadsafe: Callable[[Callable[[], None]], None],
         call_later: Callable[[float, Callable[[], None]], TimerHandle],
         settings: Any,
+        status: Optional[Callable[[], ServerStatus]] = None,
     ) -> None:
         self._publish = publish
         self._call_soon_threadsafe = call_soon_threadsafe
         self._call_later = call_later
-        self.settings = settings
+        self._settings = settings
+        self._status = status
+
+    @property
+    def settings(self) -> Any:
+        """The ``[server]`` settings in force (a reload may replace them)."""
+        return self._settings() if callable(self._settings) else self._settings
+
+    def status(self) -> ServerStatus:
+        """Counters and start/reload times of the server."""
+        if self._status is None:
+            raise RuntimeError("no server is running")
+        return self._status()
 
     def publish(self, event: Event) -> None:
         """Publish an event to every session allowed to receive it (non-blocking)."""
@@ -463,6 +548,38 @@ class ActionContext:
     def permitted_actions(self) -> list[Action]:
         """The actions this session may run (C-4.3), sorted as ListCommands shows them."""
         return self._backend.permitted_actions()
+
+    def add_event_filter(self, pattern: "re.Pattern[str]", include: bool) -> None:
+        """Add a session event filter (B-5.13): include or exclude events whose text matches."""
+        self._backend.add_event_filter(pattern, include)
+
+    def run_cli(self, text: str) -> Optional[CommandOutput]:
+        """Run the CLI command ``text`` names (B-5.16); ``None`` if no plugin provides it.
+
+        The command's handler sees this context with its own plugin's
+        ``config``. An :class:`ActionError` it raises propagates.
+        """
+        return self._backend.run_cli(self, text)
+
+    def _with_config(self, config: Mapping[str, Any]) -> "ActionContext":
+        other = ActionContext(self.request, self.session, self._backend, config, self.log)
+        return other
+
+    def server_status(self) -> ServerStatus:
+        """The server's counters and times."""
+        return self._backend.server_status()
+
+    def sessions(self) -> list:
+        """Snapshots of every live session, with its state (admin actions)."""
+        return self._backend.sessions()
+
+    def kick(self, session_id: str, reason: str) -> bool:
+        """Close another session (audited as ``SessionRevoked``); False if there is none."""
+        return self._backend.kick(session_id, reason)
+
+    def reload(self) -> Tuple[bool, str]:
+        """Reload the configuration file; ``(ok, message)``."""
+        return self._backend.reload()
 
     def wait_for_event(self, timeout: Optional[float], reply: Response) -> Deferred:
         """Answer ``reply`` once an event for this session is queued, new input arrives,

@@ -147,11 +147,17 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: tuple[str, ...] = ()
+        self._known: frozenset = frozenset()
         self._short: Optional[re.Pattern] = None
         self.set_secrets(secrets)
 
+    def add_secrets(self, secrets: Iterable[str]) -> None:
+        """Redact these too; secrets already known stay redacted (a reload never forgets one)."""
+        self.set_secrets([*self._known, *secrets])
+
     def set_secrets(self, secrets: Iterable[str]) -> None:
         unique = {s for s in secrets if s}
+        self._known = frozenset(unique)
         # Longest first so that a secret containing another is replaced whole.
         self._secrets = tuple(
             sorted((s for s in unique if len(s) >= self.WHOLE_WORD_BELOW), key=len, reverse=True)

@@ -57,8 +57,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     def stop(signum: int, frame: object) -> None:
         server.stop()
 
+    def reload(signum: int, frame: object) -> None:
+        server.request_reload()
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, reload)
     server.serve_forever()
     return 0
 

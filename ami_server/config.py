@@ -100,6 +100,7 @@ class UserConfig:
     secret_hash: str = field(default="", repr=False)
     acl: AddressACL = field(default_factory=AddressACL)
     require_tls_for_plaintext: Optional[bool] = None
+    enabled: bool = True
 
 
 @dataclass(frozen=True)
@@ -325,6 +326,7 @@ def _users(reader: _Reader) -> Mapping[str, UserConfig]:
             secret_hash=secret_hash,
             acl=acl,
             require_tls_for_plaintext=user.bool("require_tls_for_plaintext", None),
+            enabled=bool(user.bool("enabled", True)),
         )
         user.finish()
     reader.finish()

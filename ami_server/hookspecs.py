@@ -23,15 +23,16 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 @hookspec
 def register_actions(server: ServerHandle) -> Optional[Sequence[Action]]:
-    """Return the actions this plugin adds.
+    """Return the actions (and CLI commands) this plugin adds.
 
     Called once per server instance at start-up, after every plugin is
     loaded and before the listener opens. ``server`` may be kept to publish
     events later (also from other threads). Return a sequence of
-    :class:`~ami_server.Action` records; ``None`` or an empty sequence adds
-    nothing. An invalid record, an action name that is already taken
-    (case-insensitively) or an exception stops start-up with an error naming
-    the plugin.
+    :class:`~ami_server.Action` records, and :class:`~ami_server.CliCommand`
+    records for the ``Command`` action; ``None`` or an empty sequence adds
+    nothing. An invalid record, an action name or CLI command that is
+    already taken (case-insensitively) or an exception stops start-up with
+    an error naming the plugin.
     """
 
 
@@ -85,7 +86,7 @@ def on_session_close(session: SessionInfo, reason: str) -> None:
 
     Called exactly once per session that ``on_session_open`` saw, whatever
     ended it. ``reason`` is one of ``logoff``, ``login failed``,
-    ``login in use``, ``auth timeout``, ``slow consumer``, ``peer closed``,
-    ``I/O error``, ``shutdown`` (Q-7.9). An exception is logged and does not
-    stop the other implementations.
+    ``login in use``, ``auth timeout``, ``slow consumer``, ``revoked``,
+    ``peer closed``, ``I/O error``, ``shutdown`` (Q-7.9). An exception is
+    logged and does not stop the other implementations.
     """

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, T
 import pluggy
 
 from . import hookspecs
-from .api import Action, ServerHandle
+from .api import Action, CliCommand, ServerHandle
 from .config import PluginSettings
 
 if sys.version_info >= (3, 10):
@@ -51,6 +51,10 @@ BUILTIN_PLUGINS: Tuple[Tuple[str, str], ...] = (
     ("listcommands", "ami_server.builtin.listcommands"),
     ("userevent", "ami_server.builtin.userevent"),
     ("waitevent", "ami_server.builtin.waitevent"),
+    ("core", "ami_server.builtin.core"),
+    ("filter", "ami_server.builtin.filter"),
+    ("command", "ami_server.builtin.command"),
+    ("admin", "ami_server.builtin.admin"),
 )
 #: Builtins that cannot be disabled: without them no client can log in or out.
 ESSENTIAL_PLUGINS = frozenset({"login", "logoff", "challenge"})
@@ -84,6 +88,15 @@ class RegisteredAction:
     """An action with the plugin that provided it."""
 
     action: Action
+    plugin: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RegisteredCli:
+    """A CLI command with the plugin that provided it."""
+
+    command: CliCommand
     plugin: str
     config: Mapping[str, Any] = field(default_factory=dict)
 
@@ -244,12 +257,25 @@ class ActionRegistry:
 
     def __init__(self) -> None:
         self._by_name: dict[str, RegisteredAction] = {}
+        self._cli: dict[Tuple[str, ...], RegisteredCli] = {}
 
     def add(self, entry: RegisteredAction, builtin: bool) -> None:
         self.add_all([entry], builtin)
 
-    def add_all(self, entries: Sequence[RegisteredAction], builtin: bool) -> None:
-        """Add one plugin's actions: all of them, or none if any is refused."""
+    def add_all(
+        self, entries: Sequence[RegisteredAction], builtin: bool, clis: Sequence[RegisteredCli] = ()
+    ) -> None:
+        """Add one plugin's actions and CLI commands: all of them, or none if any is refused."""
+        staged_cli: dict[Tuple[str, ...], RegisteredCli] = {}
+        for cli in clis:
+            words = cli.command.words
+            other = staged_cli.get(words) or self._cli.get(words)
+            if other is not None:
+                raise PluginLoadError(
+                    f"CLI command {cli.command.command!r} from plugin {cli.plugin!r} duplicates "
+                    f"{other.command.command!r} from plugin {other.plugin!r}"
+                )
+            staged_cli[words] = cli
         staged: dict[str, RegisteredAction] = {}
         for entry in entries:
             key = entry.action.name.lower()
@@ -265,6 +291,30 @@ class ActionRegistry:
                 )
             staged[key] = entry
         self._by_name.update(staged)
+        self._cli.update(staged_cli)
+
+    def find_cli(self, text: str) -> Optional[Tuple[RegisteredCli, Tuple[str, ...]]]:
+        """The command with the most leading words of ``text``, and the words after it."""
+        words = text.split()
+        lowered = tuple(w.lower() for w in words)
+        for length in range(len(words), 0, -1):
+            entry = self._cli.get(lowered[:length])
+            if entry is not None:
+                return entry, tuple(words[length:])
+        return None
+
+    def all_cli(self) -> List[RegisteredCli]:
+        return sorted(self._cli.values(), key=lambda e: e.command.words)
+
+    def cli_of_plugin(self, plugin: str) -> List[RegisteredCli]:
+        return [e for e in self.all_cli() if e.plugin == plugin]
+
+    def with_tables(self, tables: Mapping[str, Mapping[str, Any]]) -> "ActionRegistry":
+        """A copy whose entries carry new ``[plugins.<name>]`` tables (on reload)."""
+        copy = ActionRegistry()
+        copy._by_name = {k: replace(e, config=tables.get(e.plugin, {})) for k, e in self._by_name.items()}
+        copy._cli = {k: replace(e, config=tables.get(e.plugin, {})) for k, e in self._cli.items()}
+        return copy
 
     def of_plugin(self, plugin: str) -> List[RegisteredAction]:
         return [e for e in self.all() if e.plugin == plugin]
@@ -300,8 +350,8 @@ def collect_actions(
         record = by_name.get(plugin)
         who = record.describe() if record else f"plugin {plugin!r}"
         try:
-            entries = _actions_of(function, argnames, handle, plugin, tables.get(plugin, {}))
-            registry.add_all(entries, builtin=record is not None and record.group == "builtin")
+            entries, clis = _actions_of(function, argnames, handle, plugin, tables.get(plugin, {}))
+            registry.add_all(entries, builtin=record is not None and record.group == "builtin", clis=clis)
         except PluginLoadError as exc:
             if failures is None:
                 raise PluginLoadError(f"{who}: {exc}") from exc.__cause__
@@ -315,23 +365,26 @@ def _actions_of(
     handle: ServerHandle,
     plugin: str,
     table: Mapping[str, Any],
-) -> List[RegisteredAction]:
+) -> Tuple[List[RegisteredAction], List[RegisteredCli]]:
     try:
         result = function(*[{"server": handle}[a] for a in argnames])
     except Exception as exc:  # noqa: BLE001
         raise PluginLoadError(f"register_actions raised {exc!r}") from exc
     if result is None:
-        return []
-    if isinstance(result, Action):
+        return [], []
+    if isinstance(result, (Action, CliCommand)):
         result = [result]
     try:
         items = list(result)
     except TypeError:
         raise PluginLoadError(f"register_actions returned {result!r}, not a sequence of Actions") from None
     for item in items:
-        if not isinstance(item, Action):
-            raise PluginLoadError(f"register_actions returned {item!r}, not an Action")
-    return [RegisteredAction(item, plugin, table) for item in items]
+        if not isinstance(item, (Action, CliCommand)):
+            raise PluginLoadError(f"register_actions returned {item!r}, not an Action or CliCommand")
+    return (
+        [RegisteredAction(item, plugin, table) for item in items if isinstance(item, Action)],
+        [RegisteredCli(item, plugin, table) for item in items if isinstance(item, CliCommand)],
+    )
 
 
 def _target_of(plugin: Any) -> str:

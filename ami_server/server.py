@@ -25,14 +25,17 @@ from .api import (
     AuthDecision,
     AuthRequest,
     Block,
+    CommandOutput,
     Deferred,
     Event,
     Response,
     ServerHandle,
+    ServerStatus,
+    SessionInfo,
     TimerHandle,
 )
 from .audit import REDACTED, LogSink, Redactor, StreamSink, default_format, make_logger
-from .config import Config
+from .config import Config, ConfigError, load_config
 from .loop import Loop
 from .plugins import (
     ActionRegistry,
@@ -46,7 +49,7 @@ from .privileges import CLASSES, format_privilege, parse_event_mask
 from .protocol import Message, encode, render_block, render_response, clean
 from .acl import normalize_ip
 from .security import format_address, new_challenge, new_session_id, security_event
-from .session import AUTHENTICATED, CLOSING, ActionRun, Session
+from .session import AUTHENTICATED, CLOSING, ActionRun, EventFilters, Session
 from .workers import Outcome, WorkerPool
 
 __all__ = ["Server", "ServerError", "INPUT_LIMIT", "core_plugins"]
@@ -55,6 +58,8 @@ __all__ = ["Server", "ServerError", "INPUT_LIMIT", "core_plugins"]
 INPUT_LIMIT = 256 * 1024
 #: How long a closing session may take to hand its last bytes to the kernel.
 LINGER_SECONDS = 2.0
+#: Graceful shutdown: how long output may take to drain before every session is closed (Q-7.8).
+SHUTDOWN_FLUSH_SECONDS = 2.0
 _RECV_SIZE = 65536
 _SYSTEM = CLASSES["system"]
 _SECURITY_EVENT_NAMES = frozenset(
@@ -128,6 +133,43 @@ class _SessionBackend:
             if not entry.action.privileges or entry.action.privileges & write
         ]
 
+    def add_event_filter(self, pattern: Any, include: bool) -> None:
+        self._on_loop("add_event_filter")
+        filters = self.session.filters
+        if filters is None:
+            filters = self.session.filters = EventFilters()
+        if len(filters) >= EventFilters.LIMIT:
+            raise ActionError(f"Too many filters (at most {EventFilters.LIMIT} per session)")
+        (filters.include if include else filters.exclude).append(pattern)
+
+    def run_cli(self, context: ActionContext, text: str) -> Optional[CommandOutput]:
+        self._on_loop("run_cli")
+        found = self.server.actions.find_cli(text)
+        if found is None:
+            return None
+        entry, args = found
+        result = entry.command.handler(context._with_config(entry.config), args)
+        if isinstance(result, CommandOutput):
+            return result
+        if isinstance(result, str):
+            return CommandOutput((result,))
+        return CommandOutput(tuple(result))
+
+    def server_status(self) -> ServerStatus:
+        return self.server.status()
+
+    def sessions(self) -> List[SessionInfo]:
+        self._on_loop("sessions")
+        return [s.info() for s in self.server.sessions.values() if s.opened]
+
+    def kick(self, session_id: str, reason: str) -> bool:
+        self._on_loop("kick")
+        return self.server.revoke(session_id, reason)
+
+    def reload(self) -> Tuple[bool, str]:
+        self._on_loop("reload")
+        return self.server.reload()
+
     def wait_for_event(self, timeout: Optional[float], reply: Response) -> Deferred:
         self._on_loop("wait_for_event")
         return self.server._wait_for_event(self.session, self.run, timeout, reply)
@@ -188,7 +230,13 @@ class Server:
         self.actions = ActionRegistry()
         self.started_at = time.monotonic()
         self.reloaded_at = self.started_at
-        self.stats = {"events_published": 0, "slow_consumer_disconnects": 0, "sessions_accepted": 0}
+        self.started_wall = time.time()
+        self.reloaded_wall = self.started_wall
+        self.stats = {
+            "events_published": 0, "events_dropped": 0, "slow_consumer_disconnects": 0, "sessions_accepted": 0,
+        }
+        self.shutting_down = False
+        self._core_plugins: Dict[str, Any] = {}
         self._dirty: List[Session] = []
         self._stopping = False
         self._running = False
@@ -200,12 +248,16 @@ class Server:
         self.auth_workers = WorkerPool(
             config.auth.worker_threads, self.settings.auth_limit, self._loop_error, name="ami-auth"
         )
-        self.handle = ServerHandle(self.publish, self.loop.call_soon_threadsafe, self.loop.call_later, self.settings)
+        self.handle = ServerHandle(
+            self.publish, self.loop.call_soon_threadsafe, self.loop.call_later, lambda: self.settings, self.status,
+        )
 
     # ------------------------------------------------------------------ setup
     def load(self) -> None:
         """Load plugins and collect actions (no socket is opened)."""
-        extra = [*core_plugins(self.config), *self._extra_plugins]
+        core = core_plugins(self.config)
+        self._core_plugins = dict(core)
+        extra = [*core, *self._extra_plugins]
         try:
             self.plugins = load_plugins(self.manager, self.config.plugins, extra, self._entry_points)
             self.actions = collect_actions(self.manager, self.plugins, self.handle, self.config.plugins.tables)
@@ -213,24 +265,29 @@ class Server:
             raise ServerError(str(exc)) from exc
         for name in ("on_event", "on_session_open", "on_session_close", "authenticate"):
             self._hooks[name] = HookCaller(self.manager, name)
-        # Only the backends named in [auth] backends are asked, in that order:
-        # installing a package never silently adds an authenticator.
-        auth = self._hooks["authenticate"]
-        by_plugin = {plugin: (plugin, function, argnames) for plugin, function, argnames in auth.impls}
-        missing = [name for name in self.config.auth_backends if name not in by_plugin]
+        self._hooks["authenticate"].impls = self._auth_chain(self.config)
+        if self.settings.tls is not None:
+            self.tls_context = self._tls_context(self.config)
+
+    def _auth_chain(self, config: Config) -> List[Tuple[str, Callable[..., Any], Tuple[str, ...]]]:
+        """Only the backends named in [auth] backends are asked, in that order:
+        installing a package never silently adds an authenticator."""
+        by_plugin = {
+            plugin: (plugin, function, argnames)
+            for plugin, function, argnames in HookCaller(self.manager, "authenticate").impls
+        }
+        missing = [name for name in config.auth_backends if name not in by_plugin]
         if missing:
             raise ServerError(
-                f"{self.config.source}: auth.backends: no loaded plugin named {missing[0]!r} implements authenticate"
+                f"{config.source}: auth.backends: no loaded plugin named {missing[0]!r} implements authenticate"
             )
-        auth.impls = [by_plugin[name] for name in self.config.auth_backends]
-        if self.settings.tls is not None:
-            self.tls_context = self._tls_context()
+        return [by_plugin[name] for name in config.auth_backends]
 
-    def _tls_context(self) -> ssl.SSLContext:
+    def _tls_context(self, config: Config) -> ssl.SSLContext:
         """Load the certificate and key now, so that a bad file stops start-up (and --check-config)."""
-        tls = self.settings.tls
+        tls = config.server.tls
         assert tls is not None
-        source = self.config.source
+        source = config.source
         for key, path in (("certificate", tls.certificate), ("key", tls.key)):
             try:
                 with open(path, "rb") as stream:
@@ -302,6 +359,7 @@ class Server:
             while not self._stopping:
                 self.loop.run_once(1.0)
                 self._flush_dirty()
+            self._drain()
         finally:
             self._shutdown()
 
@@ -318,12 +376,178 @@ class Server:
         except OSError:
             pass
 
-    def _shutdown(self) -> None:
+    # ------------------------------------------------------- administration
+    def status(self) -> ServerStatus:
+        """Counters and times (CoreStatus, ServerStatus); a consistent read on the loop thread."""
+        return ServerStatus(
+            started_at=self.started_wall,
+            reloaded_at=self.reloaded_wall,
+            sessions=sum(1 for s in self.sessions.values() if s.opened),
+            authenticated=len(self.authenticated),
+            unauthenticated=self.unauthenticated,
+            events_published=self.stats["events_published"],
+            events_dropped=self.stats["events_dropped"],
+            slow_consumer_disconnects=self.stats["slow_consumer_disconnects"],
+            sessions_accepted=self.stats["sessions_accepted"],
+            plugins=tuple(r.name for r in self.plugins if r.status == "loaded"),
+            shutting_down=self.shutting_down,
+        )
+
+    def revoke(self, session_id: str, reason: str) -> bool:
+        """Close the session called ``session_id`` at once (audited ``SessionRevoked``)."""
+        for session in list(self.sessions.values()):
+            if session.session_id == session_id and session.opened and not session.closed:
+                self.audit("SessionRevoked", **self._who(session), reason=reason)
+                self._close(session, "revoked")
+                return True
+        return False
+
+    def request_reload(self) -> None:
+        """Reload on the loop soon; safe from any thread and from signal handlers (SIGHUP)."""
+        try:
+            self.loop.call_soon_threadsafe(self.reload)
+        except OSError:
+            self.log.warning("ReloadFailed", error="the server is stopping")
+
+    def reload(self, new: Optional[Config] = None) -> Tuple[bool, str]:
+        """Apply a new configuration to the running server (D-8.9); ``(ok, message)``.
+
+        Without ``new`` the configuration file is read again. Every step that
+        can fail (parsing, certificates, binding a moved listener, the auth
+        backends) runs before anything changes: a failed reload leaves the
+        server exactly as it was. Then live sessions take the new classes,
+        and sessions of users removed, disabled, given a new secret or now
+        refused by their ACL are closed (``SessionRevoked``).
+        """
+        old = self.config
+        try:
+            if new is None:
+                new = load_config(old.source)
+            auth_chain = self._auth_chain(new)
+            tls_context = self._tls_context(new) if new.server.tls is not None else None
+            listeners = self._rebind(old, new)
+        except (ConfigError, ServerError) as exc:
+            self.log.error("ReloadFailed", error=str(exc))
+            return False, f"Reload failed: {exc}"
+        restart_required = [
+            key for key, before, after in (
+                ("plugins.disable", old.plugins.disable, new.plugins.disable),
+                ("plugins.required", old.plugins.required, new.plugins.required),
+                ("logging", old.logging, new.logging),
+            ) if before != after
+        ]
+        # -- commit: nothing below can fail -------------------------------
+        for key, (listener, address) in listeners.items():
+            previous = self.listener if key == "TCP" else self.tls_listener
+            if previous is not None:
+                self.loop.unregister(previous)
+                previous.close()
+            if key == "TCP":
+                self.listener, self.address = listener, address
+            else:
+                self.tls_listener, self.tls_address = listener, address
+            if listener is not None:
+                self.loop.register(listener, selectors.EVENT_READ, lambda m, s=listener, t=key: self._on_accept(s, t))
+        self.config = new
+        self.settings = new.server
+        self.tls_context = tls_context
+        self._hooks["authenticate"].impls = auth_chain
+        backend = self._core_plugins.get("config")
+        if backend is not None:
+            backend.replace_users(new.users)
+        self.redactor.add_secrets(value for u in new.users.values() for value in (u.secret, u.secret_hash) if value)
+        self.actions = self.actions.with_tables(new.plugins.tables)
+        self.workers.resize(new.server.worker_threads, new.server.worker_queue_limit)
+        self.auth_workers.resize(new.auth.worker_threads, new.server.auth_limit)
+        revoked, updated = self._apply_users(old, new)
+        self.reloaded_at = time.monotonic()
+        self.reloaded_wall = time.time()
+        self.audit(
+            "ConfigReloaded", source=new.source, users=len(new.users), sessions_updated=updated,
+            sessions_revoked=revoked, restart_required=restart_required,
+        )
+        message = f"Configuration reloaded ({updated} sessions updated, {revoked} revoked)"
+        if restart_required:
+            message += f"; restart to apply {', '.join(restart_required)}"
+        return True, message
+
+    def _rebind(self, old: Config, new: Config) -> Dict[str, Tuple[Optional[socket.socket], Any]]:
+        """Bind moved listeners before the old ones close; on failure close what was bound."""
+        changes: Dict[str, Tuple[Optional[socket.socket], Any]] = {}
+        try:
+            if (old.server.host, old.server.port) != (new.server.host, new.server.port):
+                listener = self._listen(new.server.host, new.server.port, "server")
+                changes["TCP"] = (listener, listener.getsockname()[:2])
+            old_tls, new_tls = old.server.tls, new.server.tls
+            old_where = (old_tls.host, old_tls.port) if old_tls else None
+            new_where = (new_tls.host, new_tls.port) if new_tls else None
+            if old_where != new_where:
+                if new_tls is None:
+                    changes["TLS"] = (None, None)
+                else:
+                    listener = self._listen(new_tls.host, new_tls.port, "server.tls")
+                    changes["TLS"] = (listener, listener.getsockname()[:2])
+        except ServerError:
+            for listener, _ in changes.values():
+                if listener is not None:
+                    listener.close()
+            raise
+        return changes
+
+    def _apply_users(self, old: Config, new: Config) -> Tuple[int, int]:
+        """D-8.9 for sessions the ``config`` backend accepted; returns (revoked, updated)."""
+        revoked = updated = 0
+        for session in list(self.authenticated.values()):
+            if session.backend != "config" or session.closed:
+                continue
+            before, after = old.user(session.user_key), new.user(session.user_key)
+            reason = None
+            if after is None:
+                reason = "user removed"
+            elif not after.enabled:
+                reason = "user disabled"
+            elif before is None or (before.secret, before.secret_hash) != (after.secret, after.secret_hash):
+                reason = "secret changed"
+            elif not after.acl.allows(session.peer_ip):
+                reason = "denied by ACL"
+            if reason is not None:
+                self.audit("SessionRevoked", **self._who(session), reason=reason)
+                self._close(session, "revoked")
+                revoked += 1
+            elif (session.read, session.write) != (after.read, after.write):
+                session.read, session.write = after.read, after.write
+                session.changed()
+                updated += 1
+        return revoked, updated
+
+    def _drain(self) -> None:
+        """Q-7.8: publish Shutdown, stop accepting, answer E-6.16, let output drain for at most 2 s.
+
+        Actions already running get the same 2 s to answer; what arrives
+        meanwhile is answered ``Asterisk is shutting down``.
+        """
+        self.shutting_down = True
+        self._close_listeners()
+        self.log.info("ServerStopping", sessions=len(self.sessions))
+        self.publish(Event("Shutdown", "system", (("Shutdown", "Cleanly"), ("Restart", "False"))))
+        self._flush_dirty()
+        deadline = time.monotonic() + SHUTDOWN_FLUSH_SECONDS
+        while any(s.out or (s.current is not None and not s.closed) for s in self.sessions.values()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self.loop.run_once(min(0.05, remaining))
+            self._flush_dirty()
+
+    def _close_listeners(self) -> None:
         for listener in (self.listener, self.tls_listener):
             if listener is not None:
                 self.loop.unregister(listener)
                 listener.close()
         self.listener = self.tls_listener = None
+
+    def _shutdown(self) -> None:
+        self._close_listeners()
         for session in list(self.sessions.values()):
             self._close(session, "shutdown")
         self.workers.close()
@@ -613,6 +837,9 @@ class Server:
         action_id = message.action_id
         if message.error is not None:
             self._write(session, render_response("Error", action_id, message.error))
+            return
+        if self.shutting_down:
+            self._write(session, render_response("Error", action_id, "Asterisk is shutting down"))
             return
         name = message.action
         if not name:
@@ -938,6 +1165,7 @@ class Server:
         session.user_key = username.lower()
         session.read = decision.read
         session.write = decision.write
+        session.backend = backend
         mask = parse_event_mask(request.get("Events"))
         if mask is not None:
             session.mask = mask
@@ -984,8 +1212,14 @@ class Server:
         self.stats["events_published"] += 1
         data = self._render_event(event)
         classes = event.classes
+        text: Optional[str] = None
         for session in list(self.authenticated.values()):
             if session.read & classes == classes and session.mask & classes == classes:
+                if session.filters is not None:
+                    if text is None:
+                        text = data.decode("utf-8", "surrogateescape")
+                    if not session.filters.passes(text):
+                        continue
                 self._deliver(session, data)
         if audit_fields is not None or event.name in _SECURITY_EVENT_NAMES:
             # A-3.16: every security event is an audit record too, received or not.
@@ -1016,6 +1250,7 @@ class Server:
             return
         if len(session.out) + session.pending_bytes + len(data) > self.settings.output_queue_limit:
             self.stats["slow_consumer_disconnects"] += 1
+            self.stats["events_dropped"] += 1 + len(session.pending)
             self.audit(
                 "SlowConsumerDisconnect", **self._who(session),
                 buffered=len(session.out) + session.pending_bytes, limit=self.settings.output_queue_limit,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from typing import TYPE_CHECKING, Any, List, Optional
 
@@ -13,7 +14,7 @@ from .protocol import Parser
 if TYPE_CHECKING:  # pragma: no cover
     from .plugins import RegisteredAction
 
-__all__ = ["Session", "ActionRun", "PREAUTH", "AUTHENTICATED", "CLOSING"]
+__all__ = ["Session", "ActionRun", "EventFilters", "PREAUTH", "AUTHENTICATED", "CLOSING"]
 
 PREAUTH = "PREAUTH"
 AUTHENTICATED = "AUTHENTICATED"
@@ -37,6 +38,28 @@ class ActionRun:
         self.wait_reply: Optional[Response] = None
 
 
+class EventFilters:
+    """A session's include and exclude filters (B-5.13), searched in an event's text."""
+
+    __slots__ = ("include", "exclude")
+
+    #: More filters than this on one session are refused.
+    LIMIT = 100
+
+    def __init__(self) -> None:
+        self.include: List["re.Pattern[str]"] = []
+        self.exclude: List["re.Pattern[str]"] = []
+
+    def __len__(self) -> int:
+        return len(self.include) + len(self.exclude)
+
+    def passes(self, text: str) -> bool:
+        """No filters: all; includes: one must match; excludes: none may match."""
+        if self.include and not any(p.search(text) for p in self.include):
+            return False
+        return not any(p.search(text) for p in self.exclude)
+
+
 class Session:
     """One accepted connection.
 
@@ -50,6 +73,7 @@ class Session:
         "username", "user_key", "read", "write", "mask", "challenge", "login_time",
         "current", "eof", "close_after_flush", "close_reason", "auth_timer",
         "linger_timer", "selector_events", "closed", "_info", "opened_at", "handshaking", "opened",
+        "filters", "backend",
     )
 
     def __init__(self, sock: socket.socket, session_id: str, remote: Any, local: Any,
@@ -88,6 +112,10 @@ class Session:
         self.handshaking = False
         #: on_session_open ran (so on_session_close must run exactly once).
         self.opened = False
+        #: Event filters added with the Filter action (B-5.13), or None.
+        self.filters: Optional[EventFilters] = None
+        #: The authentication backend that accepted this session's Login.
+        self.backend: Optional[str] = None
 
     @property
     def peer_ip(self) -> str:
@@ -115,6 +143,9 @@ class Session:
                 read_classes=self.read,
                 write_classes=self.write,
                 event_mask=self.mask,
+                state=self.state,
+                opened_at=self.opened_at,
+                login_time=self.login_time,
             )
         return self._info
 

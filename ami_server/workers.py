@@ -91,6 +91,13 @@ class WorkerPool:
                 if self._jobs.empty():
                     self._idle += 1
 
+    def resize(self, threads: int, queue_limit: int) -> None:
+        """New bounds (on reload); extra threads start on demand, surplus ones stay until exit."""
+        with self._lock:
+            self.max_threads = threads
+            self.queue_limit = queue_limit
+            self._jobs.maxsize = queue_limit
+
     @property
     def threads(self) -> int:
         return len(self._threads)

@@ -20,17 +20,36 @@ from transcripts import USERS, Replayer, parse_transcript, reference_dir
 REFERENCE = reference_dir()
 pytestmark = pytest.mark.skipif(REFERENCE is None, reason="reference transcripts not found")
 
-# spec B-5.7: ami-server lists its own R1 actions, not Asterisk's modules.
-_R1_LIST = (
-    b"Challenge: Generate Challenge for MD5 Auth.  (Priv: <none>)\r\n"
-    b"Events: Control Event Flow.  (Priv: <none>)\r\n"
-    b"ListCommands: List available manager commands.  (Priv: <none>)\r\n"
-    b"Login: Login Manager.  (Priv: <none>)\r\n"
-    b"Logoff: Logoff Manager.  (Priv: <none>)\r\n"
-    b"Ping: Keepalive command.  (Priv: <none>)\r\n"
-)
-_R1_USEREVENT = b"UserEvent: Send an arbitrary event.  (Priv: user,all)\r\n"
-_R1_WAITEVENT = b"WaitEvent: Wait for an event to occur.  (Priv: <none>)\r\n"
+# spec B-5.7: ami-server lists its own builtin actions, not Asterisk's modules.
+# (name, privileges as ListCommands prints them), sorted as ListCommands sorts.
+_BUILTINS = [
+    (b"Challenge: Generate Challenge for MD5 Auth.", b"<none>"),
+    (b"Command: Execute Asterisk CLI Command.", b"command,all"),
+    (b"CoreSettings: Show PBX core settings (version etc).", b"system,reporting,all"),
+    (b"CoreStatus: Show PBX core status variables.", b"system,reporting,all"),
+    (b"Events: Control Event Flow.", b"<none>"),
+    (b"Filter: Dynamically add filters for the current manager session.", b"system,all"),
+    (b"ListCommands: List available manager commands.", b"<none>"),
+    (b"Login: Login Manager.", b"<none>"),
+    (b"Logoff: Logoff Manager.", b"<none>"),
+    (b"Ping: Keepalive command.", b"<none>"),
+    (b"ServerReload: Reload the ami-server configuration.", b"system,all"),
+    (b"ServerStatus: Show ami-server counters.", b"system,all"),
+    (b"SessionKick: Close another session.", b"system,all"),
+    (b"SessionList: List the sessions connected to ami-server.", b"system,all"),
+    (b"UserEvent: Send an arbitrary event.", b"user,all"),
+    (b"WaitEvent: Wait for an event to occur.", b"<none>"),
+]
+
+
+def _listing(write: set) -> bytes:
+    """The ListCommands lines a user with these write classes sees (C-4.3)."""
+    lines = []
+    for text, privilege in _BUILTINS:
+        classes = set(privilege.decode().split(",")) - {"all", "<none>"}
+        if not classes or classes & write:
+            lines.append(text + b"  (Priv: " + privilege + b")\r\n")
+    return b"".join(lines)
 
 
 _LIST_RE = re.compile(
@@ -38,8 +57,8 @@ _LIST_RE = re.compile(
 )
 
 
-def _own_list(with_userevent: bool):
-    body = _R1_LIST + (_R1_USEREVENT if with_userevent else b"") + _R1_WAITEVENT + b"\r\n"
+def _own_list(write: set):
+    body = _listing(write) + b"\r\n"
 
     def transform(conn: int, data: bytes) -> bytes:
         out, pos = [], 0
@@ -78,10 +97,11 @@ def _userevent_lines(conn: int, data: bytes) -> bytes:
 
 
 class AsteriskStandIns:
-    """Actions Asterisk has and R1 does not, declared with Asterisk's classes.
+    """An action Asterisk has and ami-server does not, declared with Asterisk's classes.
 
-    permission_denied.txt only sends them to users who lack those classes, so
-    their handlers never run; the replay checks the C-4.3 decision.
+    permission_denied.txt only sends it to users who lack those classes, so
+    its handler never runs; the replay checks the C-4.3 decision (Command,
+    CoreStatus and Filter are ami-server's own builtins now).
     """
 
     @hookimpl
@@ -91,10 +111,17 @@ class AsteriskStandIns:
 
         return [
             Action("Originate", unreachable, "Originate a call.", "originate"),
-            Action("Command", unreachable, "Execute Asterisk CLI Command.", "command"),
-            Action("CoreStatus", unreachable, "Show PBX core status variables.", "system,reporting"),
-            Action("Filter", unreachable, "Dynamically add filters for the current manager session.", "system"),
         ]
+
+
+def _no_calls(conn: int, data: bytes) -> bytes:
+    # B-5.15: ami-server processes no calls; Asterisk had processed some.
+    return re.sub(rb"CoreProcessedCalls: \d+\r\n", b"CoreProcessedCalls: 0\r\n", data)
+
+
+def _first_word_help(conn: int, data: bytes) -> bytes:
+    # D-8.14: no CLI tables, so the help hint names the command's first word.
+    return data.replace(b"(type 'core show help no such' for", b"(type 'core show help no' for")
 
 
 SCENARIOS = {
@@ -113,9 +140,9 @@ SCENARIOS = {
     "ping_before_login": ({}, None, ()),
     "unknown_action": ({}, None, ()),
     "listcommands_before_login": ({}, None, ()),
-    "listcommands_admin": ({}, _own_list(True), ()),
-    "listcommands_reader": ({}, _own_list(False), ()),
-    "listcommands_limited": ({}, _own_list(False), ()),
+    "listcommands_admin": ({}, _own_list({"system", "call", "user", "command", "reporting"}), ()),
+    "listcommands_reader": ({}, _own_list(set()), ()),
+    "listcommands_limited": ({}, _own_list({"call"}), ()),
     "permission_denied": ({}, None, (("asterisk-stand-ins", AsteriskStandIns()),)),
     "userevent_permission": ({}, None, ()),
     "login_plaintext_ok": ({}, None, ()),
@@ -140,6 +167,10 @@ SCENARIOS = {
     # The transcript's server used authtimeout=30; the bytes are the same at 2 s.
     "authtimeout": ({"auth_timeout": 2}, None, ()),
     "authlimit": ({}, None, ()),
+    # R2 actions.
+    "coresettings_corestatus": ({}, _no_calls, ()),
+    "filter": ({}, None, ()),
+    "command_action": ({}, _first_word_help, ()),
 }
 
 
@@ -171,6 +202,6 @@ def test_replay_tls_login(tmp_path):
 
 def test_every_r1_transcript_is_replayed():
     """A new transcript in the reference set must be classified here, not silently skipped."""
-    later = {"filter", "coresettings_corestatus", "command_action", "response_event_order"}
+    later = {"response_event_order"}
     names = {p.stem for p in REFERENCE.glob("*.txt")} - {"00-SUMMARY"}
     assert names - later - {"tls_login"} == set(SCENARIOS)

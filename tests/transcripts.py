@@ -125,6 +125,11 @@ _MASKS: List[Tuple[re.Pattern, bytes]] = [
     (re.compile(rb"Uptime: \d+\r\n"), b"Uptime: <N>\r\n"),
     (re.compile(rb"LastReload: \d+\r\n"), b"LastReload: <N>\r\n"),
     (re.compile(rb"Challenge: [1-9]\d{8}\r\n"), b"Challenge: <CHALLENGE>\r\n"),
+    # CoreStatus: the server's start and reload moments (B-5.15).
+    (re.compile(rb"(Core(?:Startup|Reload)Date): \d{4}-\d\d-\d\d\r\n"), rb"\1: <DATE>\r\n"),
+    (re.compile(rb"(Core(?:Startup|Reload)Time): \d\d:\d\d:\d\d\r\n"), rb"\1: <TIME>\r\n"),
+    # core show version: who built it, where, on which machine and when (B-5.16).
+    (re.compile(rb"(Output: Asterisk [0-9.]+ built by )[^\r\n]*\r\n"), rb"\1<BUILD>\r\n"),
 ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Mapping, Optional
+from typing import Dict, Mapping, Optional, Tuple
 
 from ami_server import AuthDecision, AuthRequest, hookimpl
 from ami_server.config import UserConfig
@@ -26,20 +26,30 @@ class ConfigBackend:
     The checks follow A-3.4: unknown user, then the address ACL, then the
     credentials. ``secret_hash`` users can only log in with a plaintext
     ``Secret``: an MD5 key cannot be checked against a one-way hash (A-3.5).
+    Runs in auth worker threads; a reload swaps the whole user table at once.
     """
 
     def __init__(self, users: Mapping[str, UserConfig]) -> None:
-        self.users = users
-        self._hashes: dict[str, SecretHash] = {
-            key: parse_secret_hash(user.secret_hash) for key, user in users.items() if user.secret_hash
-        }
+        self._state: Tuple[Mapping[str, UserConfig], Dict[str, SecretHash]] = ({}, {})
+        self.replace_users(users)
+
+    @property
+    def users(self) -> Mapping[str, UserConfig]:
+        return self._state[0]
+
+    def replace_users(self, users: Mapping[str, UserConfig]) -> None:
+        hashes = {key: parse_secret_hash(user.secret_hash) for key, user in users.items() if user.secret_hash}
+        self._state = (users, hashes)  # one assignment: a concurrent login sees old or new, never a mix
 
     @hookimpl
     def authenticate(self, request: AuthRequest) -> Optional[AuthDecision]:
+        users, hashes = self._state
         key = request.username.lower()
-        user = self.users.get(key)
+        user = users.get(key)
         if user is None:
             return None
+        if not user.enabled:
+            return AuthDecision.reject("unknown_user", detail="user disabled")
         if not user.acl.allows(request.peer_ip):
             return AuthDecision.reject("acl_denied", detail=f"{request.peer_ip} not allowed by the user's ACL")
         if request.auth_type == "md5":
@@ -53,7 +63,7 @@ class ConfigBackend:
         if request.secret is None:
             return AuthDecision.reject("invalid_password", detail="no Secret header")
         if user.secret_hash:
-            if verify_secret(request.secret, self._hashes[key]):
+            if verify_secret(request.secret, hashes[key]):
                 return self._accept(user)
         elif _same(request.secret, user.secret):
             return self._accept(user)
