@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import random
 import socket
 import ssl
@@ -18,10 +17,9 @@ import threading
 import time
 from collections import Counter
 
-import pytest
 
-from ami_server import Action, AuthDecision, Block, Response, hookimpl
-from ami_server.testing import AMIClient, make_config, running_server
+from ami_server import Action, Block, Response, hookimpl
+from ami_server.testing import make_config, running_server
 
 from conftest import USERS
 
