@@ -8,6 +8,7 @@ receive the server's internal objects.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from dataclasses import dataclass, field
@@ -53,11 +54,19 @@ HeadersLike = Union[Mapping[str, Any], Iterable[Tuple[str, Any]]]
 _ACTION_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
+@functools.lru_cache(maxsize=4096)
+def _is_token(name: str) -> bool:
+    """A name supplied by code is a token (P-1.20): no colon, CR, LF or outer blanks.
+
+    Memoised: the same few header names are checked for every reply.
+    """
+    return bool(name) and ":" not in name and "\r" not in name and "\n" not in name and name == name.strip()
+
+
 def _check_name(name: str, what: str) -> None:
-    """Names supplied by code must be tokens (P-1.20): no colon, CR, LF or outer blanks."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"{what} must be a non-empty string, got {name!r}")
-    if ":" in name or "\r" in name or "\n" in name or name != name.strip():
+    if not _is_token(name):
         raise ValueError(f"{what} {name!r} must not contain ':', CR, LF or outer blanks")
 
 
@@ -66,13 +75,15 @@ def _pairs(headers: HeadersLike, what: str) -> HeaderPairs:
     out = []
     for item in items:
         name, value = item
-        _check_name(name, f"{what} header name")
-        if value is None:
-            value = ""
-        elif isinstance(value, bool):
-            value = "Yes" if value else "No"
-        elif not isinstance(value, str):
-            value = str(value)
+        if name.__class__ is not str or not _is_token(name):
+            _check_name(name, f"{what} header name")
+        if value.__class__ is not str:
+            if value is None:
+                value = ""
+            elif isinstance(value, bool):
+                value = "Yes" if value else "No"
+            else:
+                value = str(value)
         out.append((name, value))
     return tuple(out)
 
@@ -512,12 +523,23 @@ class ActionContext:
     capabilities work; the session methods raise ``RuntimeError``.
     """
 
-    def __init__(self, request: "Message", session: SessionInfo, backend: Any, config: Mapping[str, Any], log: Any) -> None:
+    __slots__ = ("request", "session", "config", "_log", "_backend")
+
+    def __init__(
+        self, request: "Message", session: SessionInfo, backend: Any, config: Mapping[str, Any], log: Any = None
+    ) -> None:
         self.request = request
         self.session = session
         self.config = config
-        self.log = log
+        self._log = log
         self._backend = backend
+
+    @property
+    def log(self) -> Any:
+        """A structlog logger bound to this plugin, action and session (made on first use)."""
+        if self._log is None:
+            self._log = self._backend.make_log()
+        return self._log
 
     # -- capabilities open to every plugin ---------------------------------
     def publish(self, event: Event) -> None:
@@ -562,8 +584,7 @@ class ActionContext:
         return self._backend.run_cli(self, text)
 
     def _with_config(self, config: Mapping[str, Any]) -> "ActionContext":
-        other = ActionContext(self.request, self.session, self._backend, config, self.log)
-        return other
+        return ActionContext(self.request, self.session, self._backend, config, self._log)
 
     def server_status(self) -> ServerStatus:
         """The server's counters and times."""

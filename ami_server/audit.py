@@ -8,13 +8,13 @@ for a disk or a terminal, and a stuck sink costs dropped lines, not latency.
 
 from __future__ import annotations
 
-import datetime
+import collections
 import json
 import logging
-import queue
 import re
 import sys
 import threading
+import time
 from typing import Any, Callable, Iterable, List, Optional, TextIO
 
 import structlog
@@ -57,42 +57,60 @@ class LogSink:
 
 
 class StreamSink(LogSink):
-    """Writes lines to a text stream from a background thread via a bounded queue."""
+    """Writes lines to a text stream from a background thread through a bounded buffer.
+
+    The event loop only appends to a deque (no lock on the common path); the
+    writer thread takes everything queued at once and writes it in one call,
+    so a burst of records costs one write and one flush.
+    """
 
     def __init__(self, stream: TextIO, capacity: int = 10000, owns_stream: bool = False) -> None:
         self._stream = stream
         self._owns = owns_stream
-        self._queue: "queue.Queue[Optional[str]]" = queue.Queue(capacity)
+        self._capacity = capacity
+        self._lines: "collections.deque[str]" = collections.deque()
+        self._wake = threading.Event()
+        self._closing = False
         self._dropped = 0
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="ami-server-log", daemon=True)
         self._thread.start()
 
     def write_line(self, line: str) -> None:
-        try:
-            self._queue.put_nowait(line)
-        except queue.Full:
+        if len(self._lines) >= self._capacity:
             with self._lock:
                 self._dropped += 1
+            return
+        self._lines.append(line)
+        if not self._wake.is_set():
+            self._wake.set()
 
     def _run(self) -> None:
+        lines = self._lines
         while True:
-            line = self._queue.get()
-            if line is None:
-                break
+            self._wake.wait()
+            self._wake.clear()
+            batch = []
+            while lines:
+                batch.append(lines.popleft())
             with self._lock:
                 dropped, self._dropped = self._dropped, 0
             try:
                 if dropped:
                     self._stream.write(f'{{"event": "LogLinesDropped", "count": {dropped}}}\n')
-                self._stream.write(line + "\n")
-                if self._queue.empty():
-                    self._stream.flush()
+                if batch:
+                    self._stream.write("\n".join(batch) + "\n")
+                self._stream.flush()
             except (OSError, ValueError):
-                continue
+                # The stream failed (full disk, closed): count the loss, keep serving.
+                with self._lock:
+                    self._dropped += len(batch)
+            if self._closing and not lines:
+                return
 
     def close(self) -> None:
-        self._queue.put(None)
+        self._closing = True
+        self._wake.set()
         self._thread.join(timeout=5)
         try:
             self._stream.flush()
@@ -169,13 +187,18 @@ class Redactor:
         )
 
     def _scrub(self, value: Any) -> Any:
-        if isinstance(value, str):
+        if value.__class__ is str:
             for secret in self._secrets:
                 if secret in value:
                     value = value.replace(secret, REDACTED)
             if self._short is not None:
                 value = self._short.sub(REDACTED, value)
-            return _INLINE_SECRET_RE.sub(lambda m: m.group(1) + REDACTED, value)
+            lowered = value.lower()
+            if "secret" in lowered or "key" in lowered:
+                value = _INLINE_SECRET_RE.sub(lambda m: m.group(1) + REDACTED, value)
+            return value
+        if value is None or value.__class__ in (int, float, bool):
+            return value
         if isinstance(value, dict):
             return {
                 k: (REDACTED if str(k).lower() in SENSITIVE_KEYS else self._scrub(v))
@@ -196,11 +219,21 @@ class Redactor:
         return event_dict
 
 
-def _timestamp(logger: Any, method: str, event_dict: dict) -> dict:
-    event_dict["timestamp"] = (
-        datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
-    )
-    return event_dict
+class _Timestamper:
+    """Adds ``timestamp`` (UTC, ISO 8601, milliseconds); the date part is formatted once a second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, logger: Any, method: str, event_dict: dict) -> dict:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1000):03d}+00:00"
+        return event_dict
 
 
 def make_logger(sink: LogSink, level: str = "info", fmt: str = "json", redactor: Optional[Redactor] = None) -> Any:
@@ -216,7 +249,7 @@ def make_logger(sink: LogSink, level: str = "info", fmt: str = "json", redactor:
         renderer = structlog.processors.JSONRenderer(sort_keys=False, default=str)
     processors = [
         structlog.processors.add_log_level,
-        _timestamp,
+        _Timestamper(),
         structlog.processors.format_exc_info,
         redactor or Redactor(),
         renderer,

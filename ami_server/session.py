@@ -73,7 +73,7 @@ class Session:
         "username", "user_key", "read", "write", "mask", "challenge", "login_time",
         "current", "eof", "close_after_flush", "close_reason", "auth_timer",
         "linger_timer", "selector_events", "closed", "_info", "opened_at", "handshaking", "opened",
-        "filters", "backend",
+        "filters", "backend", "blocked", "peer_ip",
     )
 
     def __init__(self, sock: socket.socket, session_id: str, remote: Any, local: Any,
@@ -85,6 +85,8 @@ class Session:
         self.remote = remote
         self.local = local
         self.remote_address = remote_address
+        #: The client's IP address, IPv4-mapped IPv6 shown as IPv4.
+        self.peer_ip = self._peer_ip(remote)
         self.local_address = local_address
         self.state = PREAUTH
         self.parser = Parser()
@@ -116,11 +118,12 @@ class Session:
         self.filters: Optional[EventFilters] = None
         #: The authentication backend that accepted this session's Login.
         self.backend: Optional[str] = None
+        #: The last send left bytes behind: wait for the socket to be writable.
+        self.blocked = False
 
-    @property
-    def peer_ip(self) -> str:
-        """The client's IP address, IPv4-mapped IPv6 shown as IPv4."""
-        host = self.remote[0] if isinstance(self.remote, tuple) else ""
+    @staticmethod
+    def _peer_ip(remote: Any) -> str:
+        host = remote[0] if isinstance(remote, tuple) else ""
         try:
             return str(normalize_ip(host))
         except ValueError:
