@@ -71,7 +71,10 @@ def _check_name(name: str, what: str) -> None:
 
 
 def _pairs(headers: HeadersLike, what: str) -> HeaderPairs:
-    items = headers.items() if isinstance(headers, Mapping) else headers
+    if headers.__class__ is tuple or headers.__class__ is list:
+        items = headers
+    else:
+        items = headers.items() if isinstance(headers, Mapping) else headers
     out = []
     for item in items:
         name, value = item

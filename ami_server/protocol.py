@@ -113,6 +113,10 @@ class Message:
         return f"Message({list(self.lines)!r}, error={self.error!r})"
 
 
+#: Messages up to this size are parsed in one step when they are well formed.
+_FAST_MAX_BYTES = 16384
+
+
 class Parser:
     """Incremental AMI request parser.
 
@@ -152,6 +156,10 @@ class Parser:
     def next_message(self) -> Optional[Message]:
         """Return the next complete message, or ``None`` until more input arrives."""
         buf = self._buf
+        if not self._lines and not self._too_long and not self._too_many:
+            message = self._whole_message(buf)
+            if message is not None:
+                return message
         while True:
             pos = self._pos
             end = buf.find(b"\n", pos, pos + MAX_LINE)
@@ -176,6 +184,31 @@ class Parser:
                 continue
             # An empty line ends the message (or is an empty message, P-1.8).
             return self._finish()
+
+    def _whole_message(self, buf: bytearray) -> Optional[Message]:
+        """The common case in one step: a CRLF-framed message of short, clean lines.
+
+        Anything unusual (bare LF, NUL, a long line, many lines, an empty
+        message) is left to the line-by-line path, which gives the same result.
+        """
+        pos = self._pos
+        end = buf.find(b"\r\n\r\n", pos)
+        if end <= pos:
+            return None
+        size = end - pos
+        if size > _FAST_MAX_BYTES:
+            return None
+        chunk = bytes(buf[pos:end])
+        crlf = chunk.count(b"\r\n")
+        if chunk.count(b"\n") != crlf or crlf >= MAX_LINES or b"\x00" in chunk or chunk.startswith(b"\r\n"):
+            return None
+        if size >= MAX_LINE - 2 and any(len(line) >= MAX_LINE - 2 for line in chunk.split(b"\r\n")):
+            return None
+        lines = chunk.decode("utf-8", "surrogateescape").split("\r\n")
+        if "" in lines:
+            return None  # an empty line inside: ends the message earlier
+        self._pos = end + 4
+        return Message(lines)
 
     def _finish(self) -> Message:
         if self._too_many:

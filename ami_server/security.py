@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import functools
+import math
 import secrets
 import time
-from typing import Iterable, Optional, Tuple
+from typing import Container, Optional, Tuple
 
 from .api import Event
 from .privileges import CLASSES
@@ -35,12 +37,20 @@ _KINDS = {
 }
 
 
+@functools.lru_cache(maxsize=8)
+def _second_parts(second: int) -> Tuple[str, str]:
+    """(date and time up to the seconds, zone offset) of one whole second, local zone."""
+    moment = datetime.datetime.fromtimestamp(second).astimezone()
+    return moment.strftime("%Y-%m-%dT%H:%M:%S."), moment.strftime("%z")
+
+
 def format_tv(when: Optional[float]) -> str:
     """``YYYY-MM-DDTHH:MM:SS.mmm±hhmm`` in the server's local zone; epoch for ``None``."""
     if when is None:
         return EPOCH_TV
-    moment = datetime.datetime.fromtimestamp(when).astimezone()
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}" + moment.strftime("%z")
+    second = math.floor(when)
+    prefix, zone = _second_parts(second)
+    return f"{prefix}{int((when - second) * 1000):03d}{zone}"
 
 
 def format_address(sockaddr: Tuple, transport: str) -> str:
@@ -53,9 +63,8 @@ def format_address(sockaddr: Tuple, transport: str) -> str:
     return f"IPV4/{transport}/{host}/{port}"
 
 
-def new_session_id(taken: Iterable[str] = ()) -> str:
+def new_session_id(taken: Container[str] = frozenset()) -> str:
     """``0x`` + 12 random lower-case hex digits, unique among ``taken`` (D-8.15)."""
-    taken = set(taken)
     while True:
         candidate = "0x" + secrets.token_hex(6)
         if candidate not in taken:

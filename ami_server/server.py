@@ -224,6 +224,7 @@ class Server:
         )
         self.log = make_logger(log_sink, config.logging.level, fmt, self.redactor)
         self.sessions: Dict[int, Session] = {}
+        self._session_ids: set = set()
         self.authenticated: Dict[int, Session] = {}
         self.unauthenticated = 0
         self.listener: Optional[socket.socket] = None
@@ -604,10 +605,11 @@ class Server:
                            remote_ip=_ip_of(remote), error=str(exc))
                 return
         session = Session(
-            sock, new_session_id(s.session_id for s in self.sessions.values()),
+            sock, new_session_id(self._session_ids),
             remote, local, remote_address, local_address, transport, time.time(),
         )
         self.sessions[session.fd] = session
+        self._session_ids.add(session.session_id)
         self.unauthenticated += 1
         self.stats["sessions_accepted"] += 1
         self.loop.register(sock, selectors.EVENT_READ, lambda m, s=session: self._on_ready(s, m))
@@ -808,6 +810,7 @@ class Server:
         session.closed = True
         was_authenticated = session.fd in self.authenticated
         self.sessions.pop(session.fd, None)
+        self._session_ids.discard(session.session_id)
         self.authenticated.pop(session.fd, None)
         if not was_authenticated:
             self.unauthenticated -= 1
