@@ -150,6 +150,10 @@ class MemorySink(LogSink):
         return out
 
 
+#: A record field naming the other fields of that record that need no scrubbing.
+TRUSTED_FIELDS_KEY = "_trusted_fields"
+
+
 class Redactor:
     """A structlog processor that removes secrets from every record.
 
@@ -211,11 +215,17 @@ class Redactor:
         return value
 
     def __call__(self, logger: Any, method: str, event_dict: dict) -> dict:
-        for name in list(event_dict):
+        # Audit records mark the fields the server itself produced (addresses,
+        # ids, counters); everything else -- above all what a client typed --
+        # is scrubbed.
+        trusted = event_dict.pop(TRUSTED_FIELDS_KEY, ())
+        for name, value in event_dict.items():
+            if name in trusted:
+                continue
             if name.lower() in SENSITIVE_KEYS:
                 event_dict[name] = REDACTED
-            else:
-                event_dict[name] = self._scrub(event_dict[name])
+            elif value.__class__ is not bool and value.__class__ is not int:
+                event_dict[name] = self._scrub(value)
         return event_dict
 
 

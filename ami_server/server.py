@@ -58,6 +58,8 @@ __all__ = ["Server", "ServerError", "INPUT_LIMIT", "core_plugins"]
 INPUT_LIMIT = 256 * 1024
 #: How long a closing session may take to hand its last bytes to the kernel.
 LINGER_SECONDS = 2.0
+#: Messages of one session dispatched per loop turn before others get their turn.
+MESSAGES_PER_TURN = 64
 #: Graceful shutdown: how long output may take to drain before every session is closed (Q-7.8).
 SHUTDOWN_FLUSH_SECONDS = 2.0
 _RECV_SIZE = 65536
@@ -75,6 +77,11 @@ _REJECT_EVENTS = {
     "challenge_failed": "ChallengeResponseFailed",
 }
 _PRE_LOGIN = frozenset({"login", "logoff", "challenge"})
+#: Audit fields whose values the server makes itself (never client input): not scrubbed.
+_TRUSTED_AUDIT_FIELDS = frozenset({
+    "audit", "level", "timestamp", "session", "remote_address", "local_address", "remote_ip", "tls",
+    "result", "duration_ms", "duration", "limit", "buffered", "timeout", "auth_type",
+})
 
 
 class ServerError(Exception):
@@ -717,15 +724,27 @@ class Server:
         self._process_input(session)
 
     def _process_input(self, session: Session) -> None:
-        """Dispatch buffered messages one at a time while the session may run one (R-2.9, Q-7.7)."""
+        """Dispatch buffered messages one at a time while the session may run one (R-2.9, Q-7.7).
+
+        At most ``MESSAGES_PER_TURN`` messages of one session are handled per
+        loop turn; the rest wait for the next turn, so one client pipelining
+        hundreds of requests cannot delay everyone else's replies.
+        """
         limit = self.settings.output_queue_limit
         exhausted = False
+        budget = MESSAGES_PER_TURN
         while (
             not session.closed
             and session.state != CLOSING
             and session.current is None
             and len(session.out) <= limit
         ):
+            if not budget:
+                if not session.resume_pending:
+                    session.resume_pending = True
+                    self.loop.call_soon(lambda: self._resume_input(session))
+                break
+            budget -= 1
             message = session.parser.next_message()
             if message is None:
                 exhausted = True
@@ -738,6 +757,11 @@ class Server:
             self._close_after_flush(session, "peer closed")
             return
         self._update_interest(session)
+
+    def _resume_input(self, session: Session) -> None:
+        session.resume_pending = False
+        if not session.closed:
+            self._process_input(session)
 
     def _update_interest(self, session: Session) -> None:
         if session.closed:
@@ -1315,7 +1339,7 @@ class Server:
 
     # ---------------------------------------------------------------- audit
     def audit(self, record: str, **fields: Any) -> None:
-        self.log.info(record, audit=True, **fields)
+        self.log.info(record, audit=True, _trusted_fields=_TRUSTED_AUDIT_FIELDS, **fields)
 
     @staticmethod
     def _who(session: Session, username: Optional[str] = None) -> Dict[str, Any]:

@@ -73,7 +73,7 @@ class Session:
         "username", "user_key", "read", "write", "mask", "challenge", "login_time",
         "current", "eof", "close_after_flush", "close_reason", "auth_timer",
         "linger_timer", "selector_events", "closed", "_info", "opened_at", "handshaking", "opened",
-        "filters", "backend", "blocked", "peer_ip",
+        "filters", "backend", "blocked", "peer_ip", "resume_pending",
     )
 
     def __init__(self, sock: socket.socket, session_id: str, remote: Any, local: Any,
@@ -120,6 +120,8 @@ class Session:
         self.backend: Optional[str] = None
         #: The last send left bytes behind: wait for the socket to be writable.
         self.blocked = False
+        #: More buffered messages wait for the next loop turn (fairness between sessions).
+        self.resume_pending = False
 
     @staticmethod
     def _peer_ip(remote: Any) -> str:
