@@ -65,7 +65,10 @@ def authenticate(request: AuthRequest, config: Mapping[str, Any]) -> Optional[Au
     exception, a value that is not an ``AuthDecision``, or no answer within
     ``[auth] timeout`` seconds fails the login (fail closed) and is audited
     as ``AuthBackendError``; a late answer is ignored. The client sees the
-    same ``Authentication failed`` whatever the cause (A-3.8, A-3.15).
+    same ``Authentication failed`` whatever the cause (A-3.8, A-3.15). A
+    backend that never blocks (an in-memory table) may set
+    ``ami_server_nonblocking = True`` on its plugin object; when every
+    backend in the chain does, the chain runs on the event loop instead.
     """
 
 

@@ -6,6 +6,7 @@ two ``&`` operations per recipient.
 
 from __future__ import annotations
 
+import functools
 from typing import Iterable, Optional, Union
 
 __all__ = [
@@ -139,4 +140,12 @@ def mask_of(classes: Union[int, str, Iterable[str]]) -> int:
         if classes & ~ALL:
             raise ClassListError(hex(classes), "unknown class bits")
         return classes
+    if isinstance(classes, str):
+        return _mask_of_text(classes)
+    return parse_class_list(classes)
+
+
+@functools.lru_cache(maxsize=256)
+def _mask_of_text(classes: str) -> int:
+    """Memoised: events and actions name the same few class lists over and over."""
     return parse_class_list(classes)

@@ -58,6 +58,8 @@ __all__ = ["Server", "ServerError", "INPUT_LIMIT", "core_plugins"]
 INPUT_LIMIT = 256 * 1024
 #: How long a closing session may take to hand its last bytes to the kernel.
 LINGER_SECONDS = 2.0
+#: A plugin object with this attribute set to True promises its ``authenticate`` never blocks.
+NONBLOCKING_ATTRIBUTE = "ami_server_nonblocking"
 #: Messages of one session dispatched per loop turn before others get their turn.
 MESSAGES_PER_TURN = 64
 #: Graceful shutdown: how long output may take to drain before every session is closed (Q-7.8).
@@ -906,7 +908,7 @@ class Server:
             self._deny(session, name, action_id)
             return
         audit = not action.read_only or self.config.logging.audit_read_only_actions
-        run = ActionRun(action.name, action_id, time.monotonic(), entry, audit)
+        run = ActionRun(action.name, action_id, time.monotonic() if audit else 0.0, entry, audit)
         session.current = run
         context = ActionContext(message, session.info(), _SessionBackend(self, session, run), entry.config)
         if action.blocking:
@@ -1004,6 +1006,26 @@ class Server:
         if run.timer is not None:
             run.timer.cancel()
         action_id = run.action_id
+        if (
+            not response.blocks and response.completion is None and not response.close
+            and not session.pending and response.__class__ is Response
+        ):
+            # The common reply: one block and nothing queued behind it.
+            try:
+                data = render_response(response.status, action_id, response.message, response.headers,
+                                       response.list_start)
+            except Exception as exc:  # noqa: BLE001 - an invalid reply is an internal error
+                self._handler_failed(session, run, exc)
+                return
+            session.current = None
+            self._write(session, data)
+            if run.audit:
+                self.audit(
+                    "ActionExecuted", **self._who(session), action=run.name, action_id=action_id,
+                    result=response.status, message=response.message,
+                    duration_ms=round((time.monotonic() - run.started) * 1000, 3),
+                )
+            return
         try:
             parts = [render_response(response.status, action_id, response.message, response.headers, response.list_start)]
             for block in response.blocks:
@@ -1118,6 +1140,14 @@ class Server:
         attempt = _AuthAttempt(auth, deferred)
         chain = list(self._hooks["authenticate"].impls)
         tables = self.config.plugins.tables
+        if all(getattr(self.manager.get_plugin(name), NONBLOCKING_ATTRIBUTE, False) is True for name, _, _ in chain):
+            # Every backend promised never to block: decide on the loop, no thread hop.
+            try:
+                outcome: Outcome = (_ask_backends(chain, tables, attempt), None)
+            except Exception as exc:  # noqa: BLE001 - fail closed like a worker would
+                outcome = (None, exc)
+            self._auth_done(session, run, request, attempt, outcome)
+            return deferred
 
         def done(outcome: Outcome) -> None:
             self.loop.call_soon_threadsafe(lambda: self._auth_done(session, run, request, attempt, outcome))

@@ -337,3 +337,17 @@ def test_login_in_use_is_checked_again_after_a_slow_backend_a_3_13():
                 except ConnectionError:
                     replies.append("closed")
             assert sorted(replies) == ["Authentication accepted", "Login Already In Use"]
+
+
+def test_nonblocking_backends_decide_on_the_loop_and_hashes_go_to_workers():
+    plain = make_config({"users": USERS})
+    with running_server(plain, entry_points=()) as srv, srv.client() as c:
+        assert c.login("admin", "adminpass")["Message"] == "Authentication accepted"
+        assert srv.server.auth_workers.stats["submitted"] == 0  # no thread hop for an in-memory table
+    users = dict(USERS, hashed={"secret_hash": hash_secret("h-secret", **FAST_HASH), "read": "all", "write": "all"})
+    with running_server(make_config({"users": users}), entry_points=()) as srv:
+        with srv.client() as c:
+            assert c.login("hashed", "h-secret")["Message"] == "Authentication accepted"
+        with srv.client() as c:
+            assert c.login("admin", "adminpass")["Message"] == "Authentication accepted"
+        assert srv.server.auth_workers.stats["submitted"] == 2  # scrypt must never run on the loop

@@ -26,7 +26,10 @@ class ConfigBackend:
     The checks follow A-3.4: unknown user, then the address ACL, then the
     credentials. ``secret_hash`` users can only log in with a plaintext
     ``Secret``: an MD5 key cannot be checked against a one-way hash (A-3.5).
-    Runs in auth worker threads; a reload swaps the whole user table at once.
+    A reload swaps the whole user table at once. With plaintext secrets only
+    it never blocks, so it says so (``ami_server_nonblocking``) and logins
+    are decided on the loop; a ``secret_hash`` (scrypt, ~50 ms) sends the
+    chain to the auth worker threads.
     """
 
     def __init__(self, users: Mapping[str, UserConfig]) -> None:
@@ -40,6 +43,7 @@ class ConfigBackend:
     def replace_users(self, users: Mapping[str, UserConfig]) -> None:
         hashes = {key: parse_secret_hash(user.secret_hash) for key, user in users.items() if user.secret_hash}
         self._state = (users, hashes)  # one assignment: a concurrent login sees old or new, never a mix
+        self.ami_server_nonblocking = not hashes
 
     @hookimpl
     def authenticate(self, request: AuthRequest) -> Optional[AuthDecision]:
