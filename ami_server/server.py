@@ -741,12 +741,12 @@ class Server:
             and session.current is None
             and len(session.out) <= limit
         ):
-            if not budget:
+            budget -= 1
+            if budget < 0:
                 if not session.resume_pending:
                     session.resume_pending = True
                     self.loop.call_soon(lambda: self._resume_input(session))
                 break
-            budget -= 1
             message = session.parser.next_message()
             if message is None:
                 exhausted = True
