@@ -48,6 +48,7 @@ class PluginReport:
     error: str
     hooks: Tuple[str, ...]
     actions: Tuple[ActionReport, ...]
+    cli_commands: Tuple[str, ...] = ()
 
 
 def _inert_handle(config: Config) -> ServerHandle:
@@ -89,10 +90,11 @@ def inspect_plugins(config: Config, entry_points: Optional[Iterable[Any]] = None
             )
             for entry in registry.of_plugin(record.name)
         )
+        cli = tuple(entry.command.command for entry in registry.cli_of_plugin(record.name))
         reports.append(
             PluginReport(
                 record.name, record.group, record.distribution, record.version, status,
-                record.target, error, hooks, actions,
+                record.target, error, hooks, actions, cli,
             )
         )
     return reports
@@ -117,4 +119,6 @@ def format_text(reports: List[PluginReport]) -> str:
                 f", {flag}" for flag, on in (("blocking", action.blocking), ("read-only", action.read_only)) if on
             )
             lines.append(f"    action {action.name}  (privileges: {privileges}{flags})  {action.synopsis}")
+        for command in report.cli_commands:
+            lines.append(f"    CLI command '{command}'  (through the Command action)")
     return "\n".join(lines) + "\n"

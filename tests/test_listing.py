@@ -141,3 +141,10 @@ def test_cli_plugins_reports_config_errors(tmp_path):
     )
     assert result.returncode == 1
     assert f"{config}: plugins.disable: must be a list of non-empty strings" in result.stderr
+
+
+def test_cli_commands_are_listed_with_their_plugin():
+    reports = by_name(inspect_plugins(make_config(), entry_points=()))
+    assert reports["core"].cli_commands == ("core show uptime", "core show version")
+    assert [a.name for a in reports["core"].actions] == ["CoreSettings", "CoreStatus"]
+    assert "CLI command 'core show version'  (through the Command action)" in format_text(list(reports.values()))
