@@ -45,12 +45,18 @@ def loop_loadgen(stop: threading.Event, loadgen: Path, port: int, mode: str, *ar
 
 
 def stalled_subscribers(stop: threading.Event, port: int, every: float) -> None:
+    """Every ``every`` seconds: a subscriber that never reads, held until the server cuts it off
+    (kernel socket buffers absorb a few MB of the fan-out's events first) or 120 s pass."""
     while not stop.wait(every):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        login(sock, events="user")
-        stop.wait(every / 2)  # never reads; the server must cut it off
-        sock.close()
+        before = int(status(port)["SlowConsumerDisconnects"])
+        stalled = socket.create_connection(("127.0.0.1", port), timeout=10)
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        login(stalled, events="user")
+        deadline = time.monotonic() + 120
+        while not stop.wait(2) and time.monotonic() < deadline:
+            if int(status(port)["SlowConsumerDisconnects"]) > before:
+                break
+        stalled.close()
 
 
 def main() -> int:
