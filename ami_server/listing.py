@@ -14,7 +14,6 @@ from typing import Any, Iterable, List, Optional, Tuple
 from .api import ServerHandle, TimerHandle
 from .config import Config
 from .plugins import (
-    ESSENTIAL_PLUGINS,
     collect_actions,
     create_plugin_manager,
     load_plugins,
@@ -74,8 +73,6 @@ def inspect_plugins(config: Config, entry_points: Optional[Iterable[Any]] = None
         status, error = record.status, record.error
         if record.name in failures:
             status, error = "failed", failures[record.name]
-        if record.status == "disabled" and record.name in ESSENTIAL_PLUGINS:
-            status, error = "failed", f"plugin {record.name!r} is essential and cannot be disabled"
         hooks: Tuple[str, ...] = ()
         plugin = manager.get_plugin(record.name) if record.status == "loaded" else None
         if plugin is not None:

@@ -203,6 +203,12 @@ def load_plugins(
             manager.unregister(name=plugin_name)
             records[index] = replace(records[index], status="failed", error=f"{who}: {exc}")
 
+    for index, record in enumerate(records):
+        if record.name in blocked_essential:
+            # Only reachable with strict=False: the server itself refuses to start.
+            records[index] = replace(
+                record, status="failed", error=f"plugin {record.name!r} is essential and cannot be disabled"
+            )
     known = {r.name: r for r in records}
     for name in settings.required:
         record = known.get(name)

@@ -148,3 +148,9 @@ def test_cli_commands_are_listed_with_their_plugin():
     assert reports["core"].cli_commands == ("core show uptime", "core show version")
     assert [a.name for a in reports["core"].actions] == ["CoreSettings", "CoreStatus"]
     assert "CLI command 'core show version'  (through the Command action)" in format_text(list(reports.values()))
+
+
+def test_disabling_an_essential_builtin_is_reported_as_a_failure():
+    reports = by_name(inspect_plugins(make_config({"plugins": {"disable": ["logoff"]}}), entry_points=()))
+    assert reports["logoff"].status == "failed"
+    assert reports["logoff"].error == "plugin 'logoff' is essential and cannot be disabled"
