@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Iterable, Optional, Tuple, Union
+from typing import Any, Iterable, Optional, Tuple, Union
 
-__all__ = ["AddressACL", "normalize_ip"]
+__all__ = ["AddressACL", "ip_of", "normalize_ip"]
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -33,6 +33,15 @@ def normalize_ip(address: Union[str, Address]) -> Address:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+def ip_of(sockaddr: Any) -> str:
+    """The IP address of a socket address as text (IPv4-mapped IPv6 as IPv4); the raw host if not an IP."""
+    host = sockaddr[0] if isinstance(sockaddr, tuple) else str(sockaddr)
+    try:
+        return str(normalize_ip(host))
+    except ValueError:
+        return host
 
 
 def _network(text: str) -> Network:
@@ -86,6 +95,3 @@ class AddressACL:
         if best is None:
             return not self.permit
         return best[1]
-
-    def describe(self) -> str:
-        return f"permit={[str(n) for n in self.permit]} deny={[str(n) for n in self.deny]}"

@@ -47,7 +47,7 @@ from .plugins import (
 )
 from .privileges import CLASSES, format_privilege, parse_event_mask
 from .protocol import Message, encode, render_block, render_response, clean
-from .acl import normalize_ip
+from .acl import ip_of, normalize_ip
 from .security import format_address, new_challenge, new_session_id, security_event
 from .session import AUTHENTICATED, CLOSING, ActionRun, EventFilters, Session
 from .workers import Outcome, WorkerPool
@@ -228,9 +228,7 @@ class Server:
         else:
             fmt = "json" if config.logging.format == "auto" else config.logging.format
         self.log_sink = log_sink
-        self.redactor = Redactor(
-            value for u in config.users.values() for value in (u.secret, u.secret_hash) if value
-        )
+        self.redactor = Redactor(_secrets_of(config))
         self.log = make_logger(log_sink, config.logging.level, fmt, self.redactor)
         self.sessions: Dict[int, Session] = {}
         self._session_ids: set = set()
@@ -326,7 +324,7 @@ class Server:
         listener = self._listen(self.settings.host, self.settings.port, "server")
         self.listener = listener
         self.address = listener.getsockname()[:2]
-        self.loop.register(listener, selectors.EVENT_READ, lambda m: self._on_accept(listener, "TCP"))
+        self._watch_listener(listener, "TCP")
         addresses = [f"{self.address[0]}:{self.address[1]}"]
         tls = self.settings.tls
         if tls is not None:
@@ -339,7 +337,7 @@ class Server:
                 raise
             self.tls_listener = tls_listener
             self.tls_address = tls_listener.getsockname()[:2]
-            self.loop.register(tls_listener, selectors.EVENT_READ, lambda m: self._on_accept(tls_listener, "TLS"))
+            self._watch_listener(tls_listener, "TLS")
             addresses.append(f"{self.tls_address[0]}:{self.tls_address[1]} (TLS)")
         self.log.info(
             "ServerStarted",
@@ -349,6 +347,9 @@ class Server:
             actions=len(self.actions),
         )
         return self.address
+
+    def _watch_listener(self, listener: socket.socket, transport: str) -> None:
+        self.loop.register(listener, selectors.EVENT_READ, lambda mask: self._on_accept(listener, transport))
 
     def _listen(self, host: str, port: int, key: str) -> socket.socket:
         try:
@@ -462,7 +463,7 @@ class Server:
             else:
                 self.tls_listener, self.tls_address = listener, address
             if listener is not None:
-                self.loop.register(listener, selectors.EVENT_READ, lambda m, s=listener, t=key: self._on_accept(s, t))
+                self._watch_listener(listener, key)
         self.config = new
         self.settings = new.server
         self.tls_context = tls_context
@@ -470,7 +471,7 @@ class Server:
         backend = self._core_plugins.get("config")
         if backend is not None:
             backend.replace_users(new.users)
-        self.redactor.add_secrets(value for u in new.users.values() for value in (u.secret, u.secret_hash) if value)
+        self.redactor.add_secrets(_secrets_of(new))
         self.actions = self.actions.with_tables(new.plugins.tables)
         self.workers.resize(new.server.worker_threads, new.server.worker_queue_limit)
         self.auth_workers.resize(new.auth.worker_threads, new.server.auth_limit)
@@ -595,7 +596,7 @@ class Server:
             sock.close()
             self.audit(
                 "AuthLimitReached", remote_address=remote_address, local_address=local_address,
-                remote_ip=_ip_of(remote),
+                remote_ip=ip_of(remote),
                 limit=self.settings.auth_limit,
             )
             return
@@ -611,7 +612,7 @@ class Server:
             except (OSError, ValueError) as exc:
                 sock.close()
                 self.audit("TLSHandshakeFailed", remote_address=remote_address, local_address=local_address,
-                           remote_ip=_ip_of(remote), error=str(exc))
+                           remote_ip=ip_of(remote), error=str(exc))
                 return
         session = Session(
             sock, new_session_id(self._session_ids),
@@ -1020,11 +1021,7 @@ class Server:
             session.current = None
             self._write(session, data)
             if run.audit:
-                self.audit(
-                    "ActionExecuted", **self._who(session), action=run.name, action_id=action_id,
-                    result=response.status, message=response.message,
-                    duration_ms=round((time.monotonic() - run.started) * 1000, 3),
-                )
+                self._audit_executed(session, run, response)
             return
         try:
             parts = [render_response(response.status, action_id, response.message, response.headers, response.list_start)]
@@ -1054,14 +1051,17 @@ class Server:
             parts.append(completion)
         self._write(session, b"".join(parts))
         if run.audit:
-            self.audit(
-                "ActionExecuted", **self._who(session), action=run.name, action_id=run.action_id,
-                result=response.status, message=response.message,
-                duration_ms=round((time.monotonic() - run.started) * 1000, 3),
-            )
+            self._audit_executed(session, run, response)
         if response.close:
             reason = session.close_reason or "logoff"
             self._close_after_flush(session, reason)
+
+    def _audit_executed(self, session: Session, run: ActionRun, response: Response) -> None:
+        self.audit(
+            "ActionExecuted", **self._who(session), action=run.name, action_id=run.action_id,
+            result=response.status, message=response.message,
+            duration_ms=round((time.monotonic() - run.started) * 1000, 3),
+        )
 
     def _deny(self, session: Session, name: str, action_id: str) -> None:
         self._security(session, "RequestNotAllowed", extra=(("RequestType", _cut(f"Action: {name}", 63)),))
@@ -1436,20 +1436,17 @@ def _ask_backends(
     return None, None, None
 
 
+def _secrets_of(config: Config) -> List[str]:
+    """Every configured secret and secret hash: what the log redactor must never let through."""
+    return [value for user in config.users.values() for value in (user.secret, user.secret_hash) if value]
+
+
 def _without_credentials(text: str, request: AuthRequest) -> str:
     """A backend's error text may quote what it was given: never let it reach the log."""
     for value in (request.secret, request.key):
         if value:
             text = text.replace(value, REDACTED)
     return text
-
-
-def _ip_of(sockaddr: Any) -> str:
-    host = sockaddr[0] if isinstance(sockaddr, tuple) else str(sockaddr)
-    try:
-        return str(normalize_ip(host))
-    except ValueError:
-        return host
 
 
 def _cut(text: str, limit: int) -> str:

@@ -6,7 +6,7 @@ import re
 import socket
 from typing import TYPE_CHECKING, Any, List, Optional
 
-from .acl import normalize_ip
+from .acl import ip_of
 from .api import Deferred, Response, SessionInfo, TimerHandle
 from .privileges import ALL
 from .protocol import Parser
@@ -86,7 +86,7 @@ class Session:
         self.local = local
         self.remote_address = remote_address
         #: The client's IP address, IPv4-mapped IPv6 shown as IPv4.
-        self.peer_ip = self._peer_ip(remote)
+        self.peer_ip = ip_of(remote)
         self.local_address = local_address
         self.state = PREAUTH
         self.parser = Parser()
@@ -123,14 +123,6 @@ class Session:
         #: More buffered messages wait for the next loop turn (fairness between sessions).
         self.resume_pending = False
 
-    @staticmethod
-    def _peer_ip(remote: Any) -> str:
-        host = remote[0] if isinstance(remote, tuple) else ""
-        try:
-            return str(normalize_ip(host))
-        except ValueError:
-            return host
-
     @property
     def authenticated(self) -> bool:
         return self.state == AUTHENTICATED
@@ -156,7 +148,3 @@ class Session:
 
     def changed(self) -> None:
         self._info = None
-
-    def receives(self, classes: int) -> bool:
-        """C-4.5: read set and mask both contain every class of the event."""
-        return self.read & classes == classes and self.mask & classes == classes

@@ -42,7 +42,7 @@ class WorkerPool:
         self._closed = False
         #: Called (in the worker) when handing an outcome back raised.
         self.on_error = on_error
-        self.stats = {"submitted": 0, "refused": 0, "busy": 0}
+        self.stats = {"submitted": 0, "refused": 0}
 
     def submit(self, job: Callable[[], Any], done: Callable[[Outcome], None]) -> bool:
         """Queue ``job``; ``done`` is called in the worker with its outcome.
@@ -76,8 +76,6 @@ class WorkerPool:
             if item is _STOP:
                 return
             job, done = item
-            with self._lock:
-                self.stats["busy"] += 1
             try:
                 outcome: Outcome = (job(), None)
             except BaseException as exc:  # noqa: BLE001 - handed to the loop
@@ -87,7 +85,6 @@ class WorkerPool:
             except Exception as exc:  # noqa: BLE001 - a failed hand-over must not kill the thread
                 self.on_error(exc)
             with self._lock:
-                self.stats["busy"] -= 1
                 if self._jobs.empty():
                     self._idle += 1
 

@@ -26,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
     ROOT,
+    SECRET,
+    USER,
     Server,
     build_loadgen,
     login,
@@ -34,6 +36,7 @@ from common import (  # noqa: E402
     percentile,
     ping_latencies,
     raise_fd_limit,
+    run_loadgen,
     workdir,
 )
 
@@ -57,7 +60,7 @@ def ping(args, loadgen, servers, rows):
     for conns in (1, 10, 100):
         for inflight in (1, 32):
             results = rounds_of(
-                args, lambda s: _checked(loadgen_run(loadgen, s, "ping", conns, inflight, args.seconds)), servers
+                args, lambda s: _checked(run_loadgen(loadgen, s, "ping", conns, inflight, args.seconds, USER, SECRET)), servers
             )
             rate = summary(results, "rate")
             rows.append(row(
@@ -69,7 +72,7 @@ def ping(args, loadgen, servers, rows):
 
 
 def login_churn(args, loadgen, servers, rows):
-    results = rounds_of(args, lambda s: _checked(loadgen_run(loadgen, s, "login", 10, args.seconds)), servers)
+    results = rounds_of(args, lambda s: _checked(run_loadgen(loadgen, s, "login", 10, args.seconds, USER, SECRET)), servers)
     rows.append(row("login x10 parallel", "logins/s", summary(results, "rate"), results))
 
 
@@ -77,7 +80,7 @@ def fanout(args, loadgen, servers, rows):
     for subscribers in (10, 100, 1000):
         events = max(1000, min(100_000, args.deliveries // subscribers))
         results = rounds_of(
-            args, lambda s: _checked(loadgen_run(loadgen, s, "fanout", subscribers, 32, events, 120)), servers
+            args, lambda s: _checked(run_loadgen(loadgen, s, "fanout", subscribers, 32, events, USER, SECRET, 120)), servers
         )
         lost = max(r["lost"] for runs in results.values() for r in runs)
         rows.append(row(f"fanout N={subscribers}", "events/s delivered", summary(results, "rate"), results,
@@ -170,13 +173,6 @@ def startup(args, loadgen, servers, rows):
     rows.append({"scenario": "start-up (--check-config)", "unit": "seconds", "ami-server": median(times),
                  "minimal": float("nan"), "ratio": float("nan"),
                  "note": "sample config.toml, entry-point discovery included"})
-
-
-def loadgen_run(loadgen, server, mode, *params):
-    from common import run_loadgen
-
-    return run_loadgen(loadgen, server, mode, *params, "bench", "bench-secret") if mode != "fanout" else \
-        run_loadgen(loadgen, server, mode, *params[:3], "bench", "bench-secret", params[3])
 
 
 def _checked(figures: Dict) -> Dict:
