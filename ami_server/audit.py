@@ -135,8 +135,8 @@ class MemorySink(LogSink):
         with self._lock:
             return "\n".join(self.lines)
 
-    def records(self) -> List[dict]:
-        """The JSON records written so far (lines that are not JSON are skipped)."""
+    def records(self, event: Optional[str] = None) -> List[dict]:
+        """The JSON records written so far (lines that are not JSON are skipped), or those named ``event``."""
         with self._lock:
             lines = list(self.lines)
         out = []
@@ -145,7 +145,7 @@ class MemorySink(LogSink):
                 record = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(record, dict):
+            if isinstance(record, dict) and (event is None or record.get("event") == event):
                 out.append(record)
         return out
 

@@ -19,17 +19,6 @@ FAILED = b"Response: Error\r\nMessage: Authentication failed\r\n\r\n"
 FAST_HASH = {"log_n": 10, "r": 8, "p": 1}  # keeps tests quick; the default is ln=14
 
 
-def audit(srv, name):
-    return [r for r in srv.log.records() if r.get("event") == name]
-
-
-def wait_for(predicate, what, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
 class SlowBackend:
     """Takes ``delay`` seconds per login (a slow directory), then accepts ``user``."""
 
@@ -81,7 +70,7 @@ def test_a_backend_that_does_not_answer_in_time_fails_closed():
         with srv.client() as client:
             client.send("Login", {"Username": "slow", "Secret": "slowpass"})
             assert client.read_until_closed(timeout=5.0) == FAILED
-        (record,) = audit(srv, "AuthBackendError")
+        (record,) = srv.log.records("AuthBackendError")
         assert record["backend"] == "slow" and record["error"] == "no answer within 0.2 s"
         assert record["username"] == "slow"
         # The late acceptance arrives after the session is gone and changes nothing.
@@ -124,11 +113,11 @@ def test_every_rejection_looks_the_same_to_the_client_a_3_8(answer, security_eve
             else:
                 assert not {"FailedACL", "InvalidPassword", "InvalidAccountID"} & set(names)
     if isinstance(answer, AuthDecision):
-        (failed,) = audit(srv, "LoginFailed")
+        (failed,) = srv.log.records("LoginFailed")
         assert failed["backend"] == "custom"
         assert failed["reason"] == (answer.reason or "rejected")
     else:
-        (error,) = audit(srv, "AuthBackendError")
+        (error,) = srv.log.records("AuthBackendError")
         assert error["error"] == "returned str, not an AuthDecision"
 
 
@@ -169,7 +158,7 @@ def test_secret_hash_user_logs_in_with_plaintext_only_a_3_5():
         with srv.client() as client:
             client.send("Login", {"Username": "hashed", "Secret": "wrong"})
             assert client.read_until_closed() == FAILED
-    details = [r.get("detail") for r in audit(srv, "LoginFailed")]
+    details = [r.get("detail") for r in srv.log.records("LoginFailed")]
     assert "MD5 login for a user with secret_hash (no plaintext to hash)" in details
 
 
@@ -244,9 +233,9 @@ def test_acl_denied_login_publishes_failed_acl_before_checking_the_secret_a_3_4(
                 assert event["RemoteAddress"].startswith("IPV4/TCP/127.0.0.1/")
             with srv.client() as client:
                 assert client.login("local", "localpass")["Message"] == "Authentication accepted"
-    records = audit(srv, "FailedACL")
+    records = srv.log.records("FailedACL")
     assert len(records) == 2 and records[0]["AccountID"] == "remote"
-    failed = audit(srv, "LoginFailed")
+    failed = srv.log.records("LoginFailed")
     assert [r["reason"] for r in failed] == ["acl_denied", "acl_denied"]
 
 
@@ -306,7 +295,7 @@ def test_plaintext_refused_for_a_non_loopback_peer():
             key = hashlib.md5((challenge + "adminpass").encode()).hexdigest()
             reply = client.action("Login", {"AuthType": "MD5", "Username": "admin", "Key": key})
             assert reply["Message"] == "Authentication accepted"
-    (failed,) = audit(srv, "LoginFailed")
+    (failed,) = srv.log.records("LoginFailed")
     assert failed["reason"] == "plaintext secret refused without TLS"
     assert failed["remote_address"].startswith(f"IPV4/TCP/{address}/")
 

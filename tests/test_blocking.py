@@ -8,7 +8,7 @@ import time
 from ami_server import Action, ActionError, Event, Response, hookimpl
 from ami_server.testing import make_config, running_server
 
-from conftest import USERS
+from conftest import USERS, wait_for
 
 
 class SlowPlugin:
@@ -110,7 +110,7 @@ def test_blocking_failures_answer_like_loop_handlers_r_2_12():
         later = client.action("LaterBlocking")
         assert later["Message"] == "Deferred from a worker"
         assert client.action("Ping")["Ping"] == "Pong"
-    failures = [r for r in srv.log.records() if r.get("event") == "ActionFailed"]
+    failures = srv.log.records("ActionFailed")
     assert any("database went away" in r["error"] for r in failures)
     assert any("only be called on the event loop" in r["error"] for r in failures)
 
@@ -126,10 +126,7 @@ def test_action_timeout_answers_and_discards_the_late_result():
         pong = client.action("Ping", {"ActionID": "after"})
         assert pong["ActionID"] == "after"
         assert client.buffer == b""  # the late "Released" reply was dropped
-        deadline = time.monotonic() + 5.0
-        while not any(r.get("event") == "LateReplyDiscarded" for r in srv.log.records()):
-            assert time.monotonic() < deadline, "late reply was not reported"
-            time.sleep(0.01)
+        wait_for(lambda: srv.log.records("LateReplyDiscarded"), "the late reply to be reported")
 
 
 def test_a_full_worker_queue_refuses_instead_of_growing():
@@ -143,10 +140,7 @@ def test_a_full_worker_queue_refuses_instead_of_growing():
             assert plugin.started.wait(5.0)
             clients[1].send("WaitRelease", {"ActionID": "queued"})
             # The queued job is counted before the third request is dispatched.
-            deadline = time.monotonic() + 5.0
-            while srv.server.workers.stats["submitted"] < 2:
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
+            wait_for(lambda: srv.server.workers.stats["submitted"] >= 2, "the second job to be queued")
             refused = clients[2].action("WaitRelease", {"ActionID": "third"})
             assert refused.lines == [
                 ("Response", "Error"), ("ActionID", "third"), ("Message", "Server busy, try again later"),

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 import threading
 import time
-from importlib.metadata import EntryPoint
 
 import pytest
 
@@ -16,17 +14,7 @@ from ami_server.audit import MemorySink
 from ami_server.server import Server, ServerError
 from ami_server.testing import AMIClient, make_config
 
-
-@pytest.fixture
-def plugin_dir(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return tmp_path
-
-
-def module(plugin_dir, name, body):
-    (plugin_dir / f"{name}.py").write_text(textwrap.dedent(body))
-    sys.modules.pop(name, None)
-    return EntryPoint(name, name, "ami_server.actions")
+from conftest import plugin_module
 
 
 def load(entry_points, **config):
@@ -48,18 +36,18 @@ GOOD = """
 
 
 def test_a_good_plugin_adds_its_action(plugin_dir):
-    server = load([module(plugin_dir, "good_plugin", GOOD)])
+    server = load([plugin_module(plugin_dir, "good_plugin", GOOD)])
     assert server.actions.get("greet").plugin == "good_plugin"
 
 
 def test_import_failure_names_the_plugin(plugin_dir):
-    ep = module(plugin_dir, "broken_plugin", "raise ImportError('missing dependency xyz')\n")
+    ep = plugin_module(plugin_dir, "broken_plugin", "raise ImportError('missing dependency xyz')\n")
     with pytest.raises(ServerError, match=r"plugin 'broken_plugin'.*cannot load broken_plugin.*missing dependency xyz"):
         load([ep])
 
 
 def test_disabled_plugin_is_never_imported(plugin_dir):
-    ep = module(plugin_dir, "explodes_on_import", "raise RuntimeError('imported!')\n")
+    ep = plugin_module(plugin_dir, "explodes_on_import", "raise RuntimeError('imported!')\n")
     server = load([ep], plugins={"disable": ["explodes_on_import"]})
     record = next(r for r in server.plugins if r.name == "explodes_on_import")
     assert record.status == "disabled"
@@ -67,7 +55,7 @@ def test_disabled_plugin_is_never_imported(plugin_dir):
 
 
 def test_misspelled_hook_names_the_plugin(plugin_dir):
-    ep = module(plugin_dir, "typo_plugin", """
+    ep = plugin_module(plugin_dir, "typo_plugin", """
         from ami_server import hookimpl
 
         @hookimpl
@@ -79,7 +67,7 @@ def test_misspelled_hook_names_the_plugin(plugin_dir):
 
 
 def one_action_plugin(plugin_dir, name, action_name):
-    return module(plugin_dir, name, f"""
+    return plugin_module(plugin_dir, name, f"""
         from ami_server import Action, Response, hookimpl
 
         @hookimpl

@@ -14,12 +14,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from ami_server.testing import AMIClient
+
+from conftest import start_server_process
 
 ROOT = Path(__file__).resolve().parent.parent
 OPERATIONS = ROOT / "docs" / "operations.md"
@@ -74,21 +75,8 @@ secret = "branch-secret-1"
 permit = ["192.0.2.0/24"]
 """
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ami_server.cli", "--config", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    process, port = start_server_process(config, log_file)
     try:
-        deadline = time.monotonic() + 30
-        port = None
-        while port is None:
-            assert time.monotonic() < deadline, "server did not start"
-            assert process.poll() is None, process.stderr.read()
-            if log_file.exists():
-                found = re.search(r'"address": "127\.0\.0\.1:(\d+)"', log_file.read_text())
-                if found:
-                    port = int(found.group(1))
-            time.sleep(0.05)
         for username, secret in [("admin", "wrong"), ("nobody", "x-secret"), ("branch", "branch-secret-1")]:
             with AMIClient("127.0.0.1", port) as client:
                 client.send("Login", {"Username": username, "Secret": secret})

@@ -263,7 +263,7 @@ def test_auth_limit_flood():
         finally:
             for s in socks:
                 s.close()
-    limited = [r for r in srv.log.records() if r["event"] == "AuthLimitReached"]
+    limited = srv.log.records("AuthLimitReached")
     assert len(limited) == 180
 
 
@@ -280,7 +280,7 @@ def test_brute_force_logins_are_delayed_one_by_one_without_stalling_anyone():
         finally:
             for c in clients:
                 c.close()
-    failed = [r for r in srv.log.records() if r["event"] == "LoginFailed"]
+    failed = srv.log.records("LoginFailed")
     assert len(failed) == 30 and all(r["reason"] == "invalid_password" for r in failed)
 
 

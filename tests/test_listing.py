@@ -5,28 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
-from importlib.metadata import EntryPoint
 from pathlib import Path
 
-import pytest
 
 from ami_server.listing import format_text, inspect_plugins
 from ami_server.testing import make_config
 
+from conftest import plugin_module
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def plugin_dir(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return tmp_path
-
-
-def module(plugin_dir, name, body):
-    (plugin_dir / f"{name}.py").write_text(textwrap.dedent(body))
-    sys.modules.pop(name, None)
-    return EntryPoint(name, name, "ami_server.actions")
 
 
 GOOD = """
@@ -59,17 +46,24 @@ MISSPELLED = """
 """
 
 
+def plugins_command(cwd, *args):
+    """``ami-server plugins ARGS`` as a real process."""
+    return subprocess.run(
+        [sys.executable, "-m", "ami_server.cli", "plugins", *args], capture_output=True, text=True, timeout=60, cwd=cwd,
+    )
+
+
 def by_name(reports):
     return {r.name: r for r in reports}
 
 
 def test_loaded_broken_disabled_and_missing_plugins_are_all_reported(plugin_dir):
     entry_points = [
-        module(plugin_dir, "lookup_plugin", GOOD),
-        module(plugin_dir, "clashing_plugin", CLASHING),
-        module(plugin_dir, "misspelled_plugin", MISSPELLED),
-        module(plugin_dir, "broken_import", "import no_such_module_here\n"),
-        module(plugin_dir, "switched_off", "raise RuntimeError('must not be imported')\n"),
+        plugin_module(plugin_dir, "lookup_plugin", GOOD),
+        plugin_module(plugin_dir, "clashing_plugin", CLASHING),
+        plugin_module(plugin_dir, "misspelled_plugin", MISSPELLED),
+        plugin_module(plugin_dir, "broken_import", "import no_such_module_here\n"),
+        plugin_module(plugin_dir, "switched_off", "raise RuntimeError('must not be imported')\n"),
     ]
     config = make_config({"plugins": {"disable": ["switched_off", "userevent"], "required": ["absent_plugin"]}})
     reports = by_name(inspect_plugins(config, entry_points))
@@ -104,10 +98,7 @@ def test_loaded_broken_disabled_and_missing_plugins_are_all_reported(plugin_dir)
 def test_cli_lists_installed_plugins_as_json(tmp_path):
     config = tmp_path / "config.toml"
     config.write_text('[plugins]\ndisable = ["waitevent"]\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "ami_server.cli", "plugins", "--json", "--config", str(config)],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
-    )
+    result = plugins_command(tmp_path, "--json", "--config", str(config))
     assert result.returncode == 0, result.stderr
     plugins = {p["name"]: p for p in json.loads(result.stdout)["plugins"]}
     assert plugins["waitevent"]["status"] == "disabled"
@@ -123,10 +114,7 @@ def test_cli_lists_installed_plugins_as_json(tmp_path):
 def test_cli_exits_1_when_a_plugin_fails(tmp_path):
     config = tmp_path / "config.toml"
     config.write_text('[plugins]\nrequired = ["not_installed_anywhere"]\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "ami_server.cli", "plugins", "--config", str(config)],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
-    )
+    result = plugins_command(tmp_path, "--config", str(config))
     assert result.returncode == 1
     assert "not_installed_anywhere  [missing]" in result.stdout
     assert "ping  [loaded]  ami-server" in result.stdout
@@ -135,10 +123,7 @@ def test_cli_exits_1_when_a_plugin_fails(tmp_path):
 def test_cli_plugins_reports_config_errors(tmp_path):
     config = tmp_path / "config.toml"
     config.write_text("[plugins]\ndisable = 3\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "ami_server.cli", "plugins", "--config", str(config)],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
-    )
+    result = plugins_command(tmp_path, "--config", str(config))
     assert result.returncode == 1
     assert f"{config}: plugins.disable: must be a list of non-empty strings" in result.stderr
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -13,18 +11,7 @@ import pytest
 from ami_server import ActionError, CliCommand, CommandOutput, hookimpl
 from ami_server.testing import AMIClient, make_config, running_server
 
-from conftest import USERS
-
-
-def audit(srv, name):
-    return [r for r in srv.log.records() if r.get("event") == name]
-
-
-def wait_for(predicate, what, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
+from conftest import USERS, start_server_process, wait_for
 
 
 # -- Command and CLI commands ------------------------------------------------
@@ -157,9 +144,9 @@ def test_admin_actions_list_kick_and_count():
             with srv.client() as reader:
                 reader.login("reader", "readerpass")
                 assert reader.action("SessionKick", {"SessionID": "x"})["Message"] == "Permission denied"
-    (revoked,) = audit(srv, "SessionRevoked")
+    (revoked,) = srv.log.records("SessionRevoked")
     assert revoked["username"] == "reader" and revoked["reason"] == "kicked by admin"
-    closed = [r for r in audit(srv, "SessionClosed") if r["username"] == "reader"]
+    closed = [r for r in srv.log.records("SessionClosed") if r["username"] == "reader"]
     assert closed[0]["reason"] == "revoked"
 
 
@@ -269,7 +256,7 @@ def test_reload_applies_users_and_revokes_per_d_8_9():
         finally:
             for client in clients.values():
                 client.close()
-    reasons = sorted((r["username"], r["reason"]) for r in audit(srv, "SessionRevoked"))
+    reasons = sorted((r["username"], r["reason"]) for r in srv.log.records("SessionRevoked"))
     assert reasons == [("fenced", "denied by ACL"), ("gone", "user removed"),
                        ("paused", "user disabled"), ("rekey", "secret changed")]
 
@@ -287,7 +274,7 @@ def test_a_failed_reload_changes_nothing(tmp_path):
         assert c.action("Ping")["Ping"] == "Pong"
         reply = c.action("ServerReload")  # the test config has no file behind it
         assert reply["Response"] == "Error" and reply["Message"].startswith("Reload failed: <test>")
-    assert len(audit(srv, "ReloadFailed")) == 3 and not audit(srv, "ConfigReloaded")
+    assert len(srv.log.records("ReloadFailed")) == 3 and not srv.log.records("ConfigReloaded")
 
 
 def test_sighup_reloads_a_real_process(tmp_path):
@@ -309,16 +296,8 @@ read = "all"
 write = "all"
 """
     config.write_text(base + '\n[users.ops]\nsecret = "ops-secret"\nread = "call"\n')
-    process = subprocess.Popen([sys.executable, "-m", "ami_server.cli", "--config", str(config)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process, port = start_server_process(config, log_file)
     try:
-        port = None
-        deadline = time.monotonic() + 30
-        while port is None:
-            assert time.monotonic() < deadline and process.poll() is None, "server did not start"
-            found = log_file.exists() and re.search(r'"address": "127\.0\.0\.1:(\d+)"', log_file.read_text())
-            port = int(found.group(1)) if found else None
-            time.sleep(0.05)
         with AMIClient("127.0.0.1", port) as admin, AMIClient("127.0.0.1", port) as ops:
             admin.login("admin", "admin-secret", events="off")
             ops.login("ops", "ops-secret", events="off")

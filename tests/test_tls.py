@@ -73,10 +73,6 @@ class Hooks:
         self.closed.append((session.session_id, reason))
 
 
-def audit(srv, name):
-    return [r for r in srv.log.records() if r.get("event") == name]
-
-
 def test_tls_and_plain_listeners_serve_side_by_side(certificate):
     hooks = Hooks()
     with running_server(tls_config(certificate), extra_plugins=[("hooks", hooks)]) as srv:
@@ -105,7 +101,7 @@ def test_tls_and_plain_listeners_serve_side_by_side(certificate):
             client.close()
     tls_sessions = [s for s in hooks.opened if s.transport == "TLS"]
     assert len(tls_sessions) == 1 and tls_sessions[0].remote_address.startswith("IPV4/TLS/")
-    opened = [r for r in audit(srv, "SessionOpened") if r["tls"]]
+    opened = [r for r in srv.log.records("SessionOpened") if r["tls"]]
     assert len(opened) == 1
 
 
@@ -122,7 +118,7 @@ def test_a_stalled_handshake_does_not_block_the_loop_and_counts_against_auth_tim
                 assert stalled.recv(100) == b""  # closed by auth_timeout, no banner was ever sent
         finally:
             stalled.close()
-    assert [r["remote_address"].startswith("IPV4/TLS/") for r in audit(srv, "AuthTimeout")] == [True]
+    assert [r["remote_address"].startswith("IPV4/TLS/") for r in srv.log.records("AuthTimeout")] == [True]
     # The handshake never finished: it never became a session for the hooks.
     assert all(s.transport == "TCP" for s in hooks.opened)
     assert len(hooks.closed) == len(hooks.opened)
@@ -148,7 +144,7 @@ def test_plaintext_on_the_tls_port_fails_the_handshake_and_nothing_else(certific
             raw.close()
         with srv.client() as plain:
             assert plain.login("admin", "adminpass")["Message"] == "Authentication accepted"
-    (failure,) = audit(srv, "TLSHandshakeFailed")
+    (failure,) = srv.log.records("TLSHandshakeFailed")
     assert failure["remote_address"].startswith("IPV4/TLS/127.0.0.1/")
     assert "adminpass" not in srv.log.text()
 

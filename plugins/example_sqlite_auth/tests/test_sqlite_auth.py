@@ -45,7 +45,7 @@ def test_users_from_the_database_log_in_with_their_classes(ami_server, ami_clien
     reply = ami_client.login("alice", "alice-secret", events="off")  # user names are case-insensitive
     assert reply["Message"] == "Authentication accepted"
     assert ami_client.action("UserEvent", {"UserEvent": "x"})["Response"] == "Success"  # write: user
-    login = [r for r in ami_server.log.records() if r.get("event") == "LoginSucceeded"][-1]
+    login = ami_server.log.records("LoginSucceeded")[-1]
     assert login["backend"] == "sqlite_auth" and login["username"] == "alice"
 
 
@@ -76,7 +76,7 @@ def test_rejections(ami_server, ami_client, username, headers, security_event, r
             assert watcher.wait_event(security_event)["AccountID"] == username
         else:
             assert not seen & {"InvalidPassword", "ChallengeResponseFailed", "InvalidAccountID"}
-    failed = [r for r in ami_server.log.records() if r.get("event") == "LoginFailed"][-1]
+    failed = ami_server.log.records("LoginFailed")[-1]
     assert failed["reason"] == reason
 
 
@@ -90,7 +90,7 @@ def test_a_missing_database_fails_closed(ami_server_config, tmp_path):
     with running_server(config) as srv, srv.client() as client:
         client.send("Login", {"Username": "alice", "Secret": "alice-secret"})
         assert client.read_until_closed() == FAILED
-    (error,) = [r for r in srv.log.records() if r.get("event") == "AuthBackendError"]
+    (error,) = srv.log.records("AuthBackendError")
     assert error["backend"] == "sqlite_auth" and "does not exist" in error["error"]
 
 
