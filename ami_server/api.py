@@ -70,16 +70,33 @@ def _check_name(name: str, what: str) -> None:
         raise ValueError(f"{what} {name!r} must not contain ':', CR, LF or outer blanks")
 
 
+#: Header names already checked by :func:`_is_token` (the few a server uses, bounded).
+_TOKENS: set = set()
+
+
 def _pairs(headers: HeadersLike, what: str) -> HeaderPairs:
-    if headers.__class__ is tuple or headers.__class__ is list:
+    if headers.__class__ is tuple:
+        # The common case: a tuple of (str, str) pairs with known names is kept as it is.
+        for item in headers:
+            if item.__class__ is not tuple or len(item) != 2:
+                break
+            name, value = item
+            if name.__class__ is not str or name not in _TOKENS or value.__class__ is not str:
+                break
+        else:
+            return headers
+        items: Any = headers
+    elif headers.__class__ is list:
         items = headers
     else:
         items = headers.items() if isinstance(headers, Mapping) else headers
     out = []
     for item in items:
         name, value = item
-        if name.__class__ is not str or not _is_token(name):
+        if name.__class__ is not str or name not in _TOKENS:
             _check_name(name, f"{what} header name")
+            if len(_TOKENS) < 4096:
+                _TOKENS.add(name)
         if value.__class__ is not str:
             if value is None:
                 value = ""
@@ -141,7 +158,10 @@ class Block:
         object.__setattr__(self, "headers", _pairs(self.headers, f"block {self.name!r}"))
 
 
-@dataclass(frozen=True)
+_STATUSES = frozenset(("Success", "Error", "Goodbye"))
+
+
+@dataclass(frozen=True, init=False)
 class Response:
     """A reply to one action (R-2.1), optionally with item blocks and a completion.
 
@@ -160,14 +180,36 @@ class Response:
     events_before_completion: bool = False
     close: bool = False
 
-    def __post_init__(self) -> None:
-        if self.status not in ("Success", "Error", "Goodbye"):
-            raise ValueError(f"response status must be Success, Error or Goodbye, not {self.status!r}")
-        object.__setattr__(self, "headers", _pairs(self.headers, "response"))
-        object.__setattr__(self, "blocks", tuple(self.blocks))
-        for block in self.blocks + ((self.completion,) if self.completion else ()):
-            if not isinstance(block, Block):
-                raise TypeError(f"response blocks must be Block records, got {block!r}")
+    def __init__(
+        self,
+        status: str = "Success",
+        message: Optional[str] = None,
+        headers: Any = (),
+        blocks: Tuple[Block, ...] = (),
+        completion: Optional[Block] = None,
+        list_start: bool = False,
+        events_before_completion: bool = False,
+        close: bool = False,
+    ) -> None:
+        # Written by hand: every reply is one of these, and the generated
+        # frozen __init__ costs a guarded setattr per field.
+        if status not in _STATUSES:
+            raise ValueError(f"response status must be Success, Error or Goodbye, not {status!r}")
+        headers = _pairs(headers, "response")
+        if blocks:
+            blocks = tuple(blocks)
+            for block in blocks:
+                if not isinstance(block, Block):
+                    raise TypeError(f"response blocks must be Block records, got {block!r}")
+        elif blocks.__class__ is not tuple:
+            blocks = tuple(blocks)
+        if completion is not None and not isinstance(completion, Block):
+            raise TypeError(f"response blocks must be Block records, got {completion!r}")
+        object.__setattr__(self, "__dict__", {
+            "status": status, "message": message, "headers": headers, "blocks": blocks,
+            "completion": completion, "list_start": list_start,
+            "events_before_completion": events_before_completion, "close": close,
+        })
 
     @classmethod
     def success(cls, message: Optional[str] = None, headers: HeadersLike = ()) -> "Response":

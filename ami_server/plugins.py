@@ -262,7 +262,8 @@ class ActionRegistry:
     """Actions by lower-cased name (P-1.15), with the providing plugin."""
 
     def __init__(self) -> None:
-        self._by_name: dict[str, RegisteredAction] = {}
+        #: Lower-cased action name -> entry; read by the dispatcher, changed only through add/add_all.
+        self.by_name: dict[str, RegisteredAction] = {}
         self._cli: dict[Tuple[str, ...], RegisteredCli] = {}
 
     def add(self, entry: RegisteredAction, builtin: bool) -> None:
@@ -285,7 +286,7 @@ class ActionRegistry:
         staged: dict[str, RegisteredAction] = {}
         for entry in entries:
             key = entry.action.name.lower()
-            other = staged.get(key) or self._by_name.get(key)
+            other = staged.get(key) or self.by_name.get(key)
             if other is not None:
                 raise PluginLoadError(
                     f"action {entry.action.name!r} from plugin {entry.plugin!r} duplicates "
@@ -296,7 +297,7 @@ class ActionRegistry:
                     f"plugin {entry.plugin!r} may not provide {entry.action.name!r}: only builtins run before login"
                 )
             staged[key] = entry
-        self._by_name.update(staged)
+        self.by_name.update(staged)
         self._cli.update(staged_cli)
 
     def find_cli(self, text: str) -> Optional[Tuple[RegisteredCli, Tuple[str, ...]]]:
@@ -318,7 +319,7 @@ class ActionRegistry:
     def with_tables(self, tables: Mapping[str, Mapping[str, Any]]) -> "ActionRegistry":
         """A copy whose entries carry new ``[plugins.<name>]`` tables (on reload)."""
         copy = ActionRegistry()
-        copy._by_name = {k: replace(e, config=tables.get(e.plugin, {})) for k, e in self._by_name.items()}
+        copy.by_name = {k: replace(e, config=tables.get(e.plugin, {})) for k, e in self.by_name.items()}
         copy._cli = {k: replace(e, config=tables.get(e.plugin, {})) for k, e in self._cli.items()}
         return copy
 
@@ -326,13 +327,13 @@ class ActionRegistry:
         return [e for e in self.all() if e.plugin == plugin]
 
     def get(self, name: str) -> Optional[RegisteredAction]:
-        return self._by_name.get(name.lower())
+        return self.by_name.get(name.lower())
 
     def all(self) -> List[RegisteredAction]:
-        return sorted(self._by_name.values(), key=lambda e: e.action.name.lower())
+        return sorted(self.by_name.values(), key=lambda e: e.action.name.lower())
 
     def __len__(self) -> int:
-        return len(self._by_name)
+        return len(self.by_name)
 
 
 def collect_actions(

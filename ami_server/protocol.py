@@ -18,6 +18,7 @@ __all__ = [
     "decode",
     "encode",
     "render_block",
+    "render_reply",
     "render_response",
     "clean",
 ]
@@ -60,22 +61,36 @@ class Message:
     An empty message (a lone blank line, P-1.8) has no lines and ``empty`` set.
     """
 
-    __slots__ = ("lines", "error", "empty", "_pairs")
+    __slots__ = ("lines", "error", "empty", "_pairs", "_action", "_action_id")
 
     def __init__(self, lines: Sequence[str], error: Optional[str] = None) -> None:
         self.lines: Tuple[str, ...] = tuple(lines)
         self.error = error
         self.empty = not self.lines and error is None
         self._pairs: Optional[Tuple[Tuple[str, str, str], ...]] = None
+        self._action = ""
+        self._action_id = ""
 
     def _split(self) -> Tuple[Tuple[str, str, str], ...]:
-        # (lower-cased name, name, value) for each line that has a colon (P-1.11).
+        # (lower-cased name, name, value) for each line that has a colon (P-1.11);
+        # the routing headers are picked up on the way, as every request needs them.
         if self._pairs is None:
             pairs = []
+            action = ""
+            action_id: Optional[str] = None
             for line in self.lines:
                 name, sep, value = line.partition(":")
                 if sep:
-                    pairs.append((name.lower(), name, value.lstrip(_LEADING_BLANKS)))
+                    lname = name.lower()
+                    value = value.lstrip(_LEADING_BLANKS)
+                    pairs.append((lname, name, value))
+                    if lname == "action":
+                        if not action:
+                            action = value
+                    elif lname == "actionid" and action_id is None:
+                        action_id = value
+            self._action = action
+            self._action_id = action_id or ""
             self._pairs = tuple(pairs)
         return self._pairs
 
@@ -99,15 +114,16 @@ class Message:
     @property
     def action(self) -> str:
         """The first non-empty ``Action`` value, or ``""`` when there is none (P-1.13)."""
-        for lname, _, value in self._split():
-            if lname == "action" and value:
-                return value
-        return ""
+        if self._pairs is None:
+            self._split()
+        return self._action
 
     @property
     def action_id(self) -> str:
         """The first ``ActionID`` value (``""`` when absent or empty, R-2.2)."""
-        return self.get("ActionID") or ""
+        if self._pairs is None:
+            self._split()
+        return self._action_id
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return f"Message({list(self.lines)!r}, error={self.error!r})"
@@ -157,9 +173,22 @@ class Parser:
         """Return the next complete message, or ``None`` until more input arrives."""
         buf = self._buf
         if not self._lines and not self._too_long and not self._too_many:
-            message = self._whole_message(buf)
-            if message is not None:
-                return message
+            # The common case in one step: a CRLF-framed message of short,
+            # clean lines. Anything unusual (bare LF, NUL, a long line, many
+            # lines, an empty message) is left to the line-by-line path below,
+            # which gives the same result.
+            pos = self._pos
+            end = buf.find(b"\r\n\r\n", pos)
+            if pos < end <= pos + _FAST_MAX_BYTES:
+                chunk = buf[pos:end]
+                crlf = chunk.count(b"\r\n")
+                if (
+                    crlf < MAX_LINES and chunk.count(b"\n") == crlf and b"\x00" not in chunk
+                    and not chunk.startswith(b"\r\n")
+                    and (end - pos < MAX_LINE - 2 or all(len(line) < MAX_LINE - 2 for line in chunk.split(b"\r\n")))
+                ):
+                    self._pos = end + 4
+                    return Message(chunk.decode("utf-8", "surrogateescape").split("\r\n"))
         while True:
             pos = self._pos
             end = buf.find(b"\n", pos, pos + MAX_LINE)
@@ -184,31 +213,6 @@ class Parser:
                 continue
             # An empty line ends the message (or is an empty message, P-1.8).
             return self._finish()
-
-    def _whole_message(self, buf: bytearray) -> Optional[Message]:
-        """The common case in one step: a CRLF-framed message of short, clean lines.
-
-        Anything unusual (bare LF, NUL, a long line, many lines, an empty
-        message) is left to the line-by-line path, which gives the same result.
-        """
-        pos = self._pos
-        end = buf.find(b"\r\n\r\n", pos)
-        if end <= pos:
-            return None
-        size = end - pos
-        if size > _FAST_MAX_BYTES:
-            return None
-        chunk = bytes(buf[pos:end])
-        crlf = chunk.count(b"\r\n")
-        if chunk.count(b"\n") != crlf or crlf >= MAX_LINES or b"\x00" in chunk or chunk.startswith(b"\r\n"):
-            return None
-        if size >= MAX_LINE - 2 and any(len(line) >= MAX_LINE - 2 for line in chunk.split(b"\r\n")):
-            return None
-        lines = chunk.decode("utf-8", "surrogateescape").split("\r\n")
-        if "" in lines:
-            return None  # an empty line inside: ends the message earlier
-        self._pos = end + 4
-        return Message(lines)
 
     def _finish(self) -> Message:
         if self._too_many:
@@ -262,6 +266,38 @@ def render_response(
     _header_lines(out, headers)
     out.append("\r\n")
     return encode("".join(out))
+
+
+def render_reply(
+    status: str,
+    action_id: str,
+    message: Optional[str],
+    pairs: Tuple[Tuple[str, str], ...],
+    list_start: bool = False,
+) -> bytes:
+    """:func:`render_response` for checked ``(name, value)`` string pairs (a ``Response``'s).
+
+    The lines are joined first and the CR and LF counted once: only text that
+    holds one (and must be cleaned, P-1.20) takes the general path.
+    """
+    if action_id:
+        text = f"Response: {status}\r\nActionID: {action_id}\r\n"
+        lines = 3 + len(pairs)
+    else:
+        text = f"Response: {status}\r\n"
+        lines = 2 + len(pairs)
+    if list_start:
+        text += "EventList: start\r\n"
+        lines += 1
+    if message is not None:
+        text += f"Message: {message}\r\n"
+        lines += 1
+    for name, value in pairs:
+        text += f"{name}: {value}\r\n"
+    text += "\r\n"
+    if text.count("\n") != lines or text.count("\r") != lines:
+        return render_response(status, action_id, message, pairs, list_start)
+    return text.encode("utf-8", "surrogateescape")
 
 
 def render_block(name: str, headers: Headers = (), action_id: str = "") -> bytes:

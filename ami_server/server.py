@@ -41,12 +41,13 @@ from .plugins import (
     ActionRegistry,
     HookCaller,
     PluginRecord,
+    RegisteredAction,
     collect_actions,
     create_plugin_manager,
     load_plugins,
 )
 from .privileges import CLASSES, format_privilege, parse_event_mask
-from .protocol import Message, encode, render_block, render_response, clean
+from .protocol import Message, clean, encode, render_block, render_reply, render_response
 from .acl import ip_of, normalize_ip
 from .security import format_address, new_challenge, new_session_id, security_event
 from .session import AUTHENTICATED, CLOSING, ActionRun, EventFilters, Session
@@ -81,9 +82,17 @@ _REJECT_EVENTS = {
 _PRE_LOGIN = frozenset({"login", "logoff", "challenge"})
 #: Audit fields whose values the server makes itself (never client input): not scrubbed.
 _TRUSTED_AUDIT_FIELDS = frozenset({
-    "audit", "level", "timestamp", "session", "remote_address", "local_address", "remote_ip", "tls",
-    "result", "duration_ms", "duration", "limit", "buffered", "timeout", "auth_type",
+    "event", "audit", "level", "timestamp", "session", "remote_address", "local_address", "remote_ip", "tls",
+    "result", "duration_ms", "duration", "limit", "buffered", "timeout", "auth_type", "backend",
 })
+#: ActionExecuted: ``action`` is the registered name, not text a client typed.
+_TRUSTED_EXECUTED_FIELDS = _TRUSTED_AUDIT_FIELDS | {"action"}
+#: Security-event records: the server-made headers of A-3.14 (AccountID,
+#: RequestType and the like quote the client and are scrubbed).
+_TRUSTED_SECURITY_FIELDS = _TRUSTED_AUDIT_FIELDS | {
+    "EventTV", "Severity", "Service", "EventVersion", "SessionID", "LocalAddress", "RemoteAddress",
+    "SessionTV", "UsingPassword", "Challenge",
+}
 
 
 class ServerError(Exception):
@@ -97,15 +106,21 @@ def core_plugins(config: Config) -> List[Tuple[str, Any]]:
     return [("config", ConfigBackend(config.users))]
 
 
-class _SessionBackend:
-    """The session capabilities behind one :class:`ActionContext`."""
+class _SessionBackend(ActionRun):
+    """One action run, and the session capabilities behind its :class:`ActionContext`.
 
-    __slots__ = ("server", "session", "run")
+    A single object for both: one allocation fewer per request.
+    """
 
-    def __init__(self, server: "Server", session: Session, run: ActionRun) -> None:
+    __slots__ = ("server", "session")
+
+    def __init__(
+        self, server: "Server", session: Session, name: str, action_id: str, started: float,
+        entry: Optional[RegisteredAction], audit: bool,
+    ) -> None:
+        ActionRun.__init__(self, name, action_id, started, entry, audit)
         self.server = server
         self.session = session
-        self.run = run
 
     def _on_loop(self, what: str) -> None:
         if not self.server.loop.in_loop_thread():
@@ -115,16 +130,15 @@ class _SessionBackend:
         self.server.publish(event)
 
     def make_log(self) -> Any:
-        run = self.run
-        plugin = run.entry.plugin if run.entry is not None else "core"
-        return self.server.log.bind(plugin=plugin, action=run.name, session=self.session.session_id)
+        plugin = self.entry.plugin if self.entry is not None else "core"
+        return self.server.log.bind(plugin=plugin, action=self.name, session=self.session.session_id)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         return self.server.loop.call_later(delay, callback)
 
     def login(self, request: Message) -> Any:
         self._on_loop("login")
-        return self.server._login(self.session, self.run, request)
+        return self.server._login(self.session, self, request)
 
     def challenge(self) -> str:
         self._on_loop("challenge")
@@ -186,7 +200,7 @@ class _SessionBackend:
 
     def wait_for_event(self, timeout: Optional[float], reply: Response) -> Deferred:
         self._on_loop("wait_for_event")
-        return self.server._wait_for_event(self.session, self.run, timeout, reply)
+        return self.server._wait_for_event(self.session, self, timeout, reply)
 
 
 class Server:
@@ -230,6 +244,7 @@ class Server:
         self.log_sink = log_sink
         self.redactor = Redactor(_secrets_of(config))
         self.log = make_logger(log_sink, config.logging.level, fmt, self.redactor)
+        self._audit_log = self.log.bind(audit=True)
         self.sessions: Dict[int, Session] = {}
         self._session_ids: set = set()
         self.authenticated: Dict[int, Session] = {}
@@ -886,32 +901,33 @@ class Server:
             self._write(session, render_response("Error", action_id, "Missing action in request"))
             return
         key = name.lower()
-        authenticated = session.state == AUTHENTICATED
-        if not authenticated and key not in _PRE_LOGIN:
-            self._deny(session, name, action_id)
-            return
-        if not authenticated and key in ("login", "challenge"):
-            username = message.get("Username") or ""
-            if username and self._login_in_use(username):
-                run = ActionRun(name, action_id, time.monotonic(), None, True)
-                session.current = run
-                self._security(session, "SessionLimit", account=username)
-                self._handle_result(session, run, self._fail_later(session, run, "Login Already In Use", "login in use"))
+        if session.state != AUTHENTICATED:
+            if key not in _PRE_LOGIN:
+                self._deny(session, name, action_id)
                 return
-        entry = self.actions.get(key)
+            if key in ("login", "challenge"):
+                username = message.get("Username") or ""
+                if username and self._login_in_use(username):
+                    run = ActionRun(name, action_id, time.monotonic(), None, True)
+                    session.current = run
+                    self._security(session, "SessionLimit", account=username)
+                    self._handle_result(session, run, self._fail_later(session, run, "Login Already In Use", "login in use"))
+                    return
+        entry = self.actions.by_name.get(key)
         if entry is None:
             self._security(session, "RequestBadFormat", extra=(("RequestType", _cut(f"Action: {name}", 63)),))
             text = f"Invalid/unknown command: {name}. Use Action: ListCommands to show available commands."
             self._write(session, render_response("Error", action_id, _cut(text, 511)))
             return
         action = entry.action
-        if action.privileges and not action.privileges & session.write:
+        privileges = action.privileges
+        if privileges and not privileges & session.write:
             self._deny(session, name, action_id)
             return
         audit = not action.read_only or self.config.logging.audit_read_only_actions
-        run = ActionRun(action.name, action_id, time.monotonic() if audit else 0.0, entry, audit)
+        run = _SessionBackend(self, session, action.name, action_id, time.monotonic() if audit else 0.0, entry, audit)
         session.current = run
-        context = ActionContext(message, session.info(), _SessionBackend(self, session, run), entry.config)
+        context = ActionContext(message, session.info(), run, entry.config)
         if action.blocking:
             self._run_blocking(session, run, action, context)
             return
@@ -922,7 +938,10 @@ class Server:
         except Exception as exc:  # noqa: BLE001 - R-2.12
             self._handler_failed(session, run, exc)
             return
-        self._handle_result(session, run, result)
+        if result.__class__ is Response:
+            self._finish(session, run, result)
+        else:
+            self._handle_result(session, run, result)
 
     def _handle_result(self, session: Session, run: ActionRun, result: Any) -> None:
         if isinstance(result, Response):
@@ -1013,8 +1032,8 @@ class Server:
         ):
             # The common reply: one block and nothing queued behind it.
             try:
-                data = render_response(response.status, action_id, response.message, response.headers,
-                                       response.list_start)
+                data = render_reply(response.status, action_id, response.message, response.headers,
+                                    response.list_start)
             except Exception as exc:  # noqa: BLE001 - an invalid reply is an internal error
                 self._handler_failed(session, run, exc)
                 return
@@ -1057,9 +1076,9 @@ class Server:
             self._close_after_flush(session, reason)
 
     def _audit_executed(self, session: Session, run: ActionRun, response: Response) -> None:
-        self.audit(
-            "ActionExecuted", **self._who(session), action=run.name, action_id=run.action_id,
-            result=response.status, message=response.message,
+        self._audit_log.info(
+            "ActionExecuted", _trusted_fields=_TRUSTED_EXECUTED_FIELDS, **self._who(session),
+            action=run.name, action_id=run.action_id, result=response.status, message=response.message,
             duration_ms=round((time.monotonic() - run.started) * 1000, 3),
         )
 
@@ -1300,7 +1319,9 @@ class Server:
             self._deliver(session, data)
         if audit_fields is not None or event.name in _SECURITY_EVENT_NAMES:
             # A-3.16: every security event is an audit record too, received or not.
-            self.audit(event.name, **(audit_fields or {}), **{name: value for name, value in event.headers})
+            self._audit_log.info(
+                event.name, _trusted_fields=_TRUSTED_SECURITY_FIELDS, **(audit_fields or {}), **dict(event.headers)
+            )
         hook = self._hooks.get("on_event")
         if hook:
             hook.call(self._hook_error("on_event"), event=event)
@@ -1369,19 +1390,24 @@ class Server:
 
     # ---------------------------------------------------------------- audit
     def audit(self, record: str, **fields: Any) -> None:
-        self.log.info(record, audit=True, _trusted_fields=_TRUSTED_AUDIT_FIELDS, **fields)
+        self._audit_log.info(record, _trusted_fields=_TRUSTED_AUDIT_FIELDS, **fields)
 
     @staticmethod
     def _who(session: Session, username: Optional[str] = None) -> Dict[str, Any]:
-        """The fields every audit record about a session carries."""
-        return {
-            "session": session.session_id,
-            "remote_address": session.remote_address,
-            "local_address": session.local_address,
-            "remote_ip": session.peer_ip,
-            "tls": session.transport == "TLS",
-            "username": session.username if username is None else username,
-        }
+        """The fields every audit record about a session carries (kept until the session changes)."""
+        who = session.who
+        if who is None:
+            who = session.who = {
+                "session": session.session_id,
+                "remote_address": session.remote_address,
+                "local_address": session.local_address,
+                "remote_ip": session.peer_ip,
+                "tls": session.transport == "TLS",
+                "username": session.username,
+            }
+        if username is not None and username != who["username"]:
+            return {**who, "username": username}
+        return who
 
     def _call_hook(self, name: str, **kwargs: Any) -> None:
         hook = self._hooks.get(name)

@@ -73,7 +73,7 @@ class Session:
         "username", "user_key", "read", "write", "mask", "challenge", "login_time",
         "current", "eof", "close_after_flush", "close_reason", "auth_timer",
         "linger_timer", "selector_events", "closed", "_info", "opened_at", "handshaking", "opened",
-        "filters", "backend", "blocked", "peer_ip", "resume_pending",
+        "filters", "backend", "blocked", "peer_ip", "resume_pending", "who",
     )
 
     def __init__(self, sock: socket.socket, session_id: str, remote: Any, local: Any,
@@ -122,6 +122,8 @@ class Session:
         self.blocked = False
         #: More buffered messages wait for the next loop turn (fairness between sessions).
         self.resume_pending = False
+        #: The audit fields about this session, made on first use (see Server._who).
+        self.who: Optional[dict] = None
 
     @property
     def authenticated(self) -> bool:
@@ -148,3 +150,4 @@ class Session:
 
     def changed(self) -> None:
         self._info = None
+        self.who = None
