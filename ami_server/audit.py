@@ -15,11 +15,11 @@ import re
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, List, Optional, TextIO
+from typing import Any, Callable, Dict, Iterable, List, Optional, TextIO
 
 import structlog
 
-__all__ = ["LogSink", "StreamSink", "MemorySink", "make_logger", "Redactor", "REDACTED"]
+__all__ = ["AuditLogger", "LogSink", "StreamSink", "MemorySink", "make_audit_logger", "make_logger", "Redactor", "REDACTED"]
 
 REDACTED = "[redacted]"
 #: Field names whose values are never logged, whatever they hold (A-3.16, D-8.8).
@@ -31,6 +31,9 @@ SENSITIVE_KEYS = frozenset(
 _INLINE_SECRET_RE = re.compile(
     r"""(?i)((?:secret|key|secret_hash)['"]?\s*[:=]\s*['"]?)[^\s'",}\])]+"""
 )
+
+#: Method name -> level written in the record (as structlog's add_log_level names them).
+_LEVEL_NAMES = {"warn": "warning", "exception": "error"}
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -264,21 +267,47 @@ def _json_lines() -> Callable[[Any, str, dict], str]:
     return lambda logger, method, event_dict: join(fast(event_dict, 0))
 
 
-class _Timestamper:
-    """Adds ``timestamp`` (UTC, ISO 8601, milliseconds); the date part is formatted once a second."""
+class _LevelTimeAndException:
+    """Adds ``level`` and ``timestamp`` (UTC, ISO 8601, milliseconds) and renders ``exc_info``.
+
+    One processor for three steps that every record takes; the date part of
+    the timestamp is formatted once a second.
+    """
 
     def __init__(self) -> None:
         self._second = -1
         self._prefix = ""
 
     def __call__(self, logger: Any, method: str, event_dict: dict) -> dict:
+        event_dict["level"] = _LEVEL_NAMES.get(method, method)
         now = time.time()
         second = int(now)
         if second != self._second:
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
         event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1000):03d}+00:00"
+        if "exc_info" in event_dict:
+            event_dict = structlog.processors.format_exc_info(logger, method, event_dict)
         return event_dict
+
+
+class AuditLogger(structlog.BoundLoggerBase):
+    """The audit trail's logger: :meth:`record` runs the processor chain on a dict of fields.
+
+    Audit records are written at level ``info``; with a higher ``[logging]
+    level`` they are dropped, like any info record.
+    """
+
+    enabled = True
+
+    def record(self, event: str, fields: Dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        try:
+            args, kw = self._process_event("info", event, fields)
+        except structlog.DropEvent:
+            return
+        self._logger.info(*args, **kw)
 
 
 def make_logger(sink: LogSink, level: str = "info", fmt: str = "json", redactor: Optional[Redactor] = None) -> Any:
@@ -287,24 +316,28 @@ def make_logger(sink: LogSink, level: str = "info", fmt: str = "json", redactor:
     ``fmt`` is ``json`` (one JSON object per line) or ``console`` (readable,
     for a terminal). Exceptions are rendered into the record, then scrubbed.
     """
+    return structlog.wrap_logger(
+        sink,
+        processors=_processors(fmt, redactor or Redactor()),
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        cache_logger_on_first_use=True,
+    ).bind()
+
+
+def make_audit_logger(sink: LogSink, level: str = "info", fmt: str = "json", redactor: Optional[Redactor] = None) -> AuditLogger:
+    """The audit trail beside :func:`make_logger`'s logger: same sink, chain and redactor; records marked ``audit``."""
+    audit = AuditLogger(sink, _processors(fmt, redactor or Redactor()), {"audit": True})
+    audit.enabled = _LEVELS[level] <= logging.INFO
+    return audit
+
+
+def _processors(fmt: str, redactor: Redactor) -> List[Callable[..., Any]]:
     renderer: Callable[..., Any]
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=False)
     else:
         renderer = _json_lines()
-    processors = [
-        structlog.processors.add_log_level,
-        _Timestamper(),
-        structlog.processors.format_exc_info,
-        redactor or Redactor(),
-        renderer,
-    ]
-    return structlog.wrap_logger(
-        sink,
-        processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        cache_logger_on_first_use=True,
-    ).bind()
+    return [_LevelTimeAndException(), redactor, renderer]
 
 
 def default_format(fmt: str, stream: TextIO = sys.stderr) -> str:

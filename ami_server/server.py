@@ -34,7 +34,16 @@ from .api import (
     SessionInfo,
     TimerHandle,
 )
-from .audit import REDACTED, LogSink, Redactor, StreamSink, default_format, make_logger
+from .audit import (
+    REDACTED,
+    TRUSTED_FIELDS_KEY,
+    LogSink,
+    Redactor,
+    StreamSink,
+    default_format,
+    make_audit_logger,
+    make_logger,
+)
 from .config import Config, ConfigError, load_config
 from .loop import Loop
 from .plugins import (
@@ -244,7 +253,7 @@ class Server:
         self.log_sink = log_sink
         self.redactor = Redactor(_secrets_of(config))
         self.log = make_logger(log_sink, config.logging.level, fmt, self.redactor)
-        self._audit_log = self.log.bind(audit=True)
+        self._audit_log = make_audit_logger(log_sink, config.logging.level, fmt, self.redactor)
         self.sessions: Dict[int, Session] = {}
         self._session_ids: set = set()
         self.authenticated: Dict[int, Session] = {}
@@ -1076,11 +1085,14 @@ class Server:
             self._close_after_flush(session, reason)
 
     def _audit_executed(self, session: Session, run: ActionRun, response: Response) -> None:
-        self._audit_log.info(
-            "ActionExecuted", _trusted_fields=_TRUSTED_EXECUTED_FIELDS, **self._who(session),
-            action=run.name, action_id=run.action_id, result=response.status, message=response.message,
-            duration_ms=round((time.monotonic() - run.started) * 1000, 3),
-        )
+        fields = self._who(session).copy()
+        fields["action"] = run.name
+        fields["action_id"] = run.action_id
+        fields["result"] = response.status
+        fields["message"] = response.message
+        fields["duration_ms"] = round((time.monotonic() - run.started) * 1000, 3)
+        fields[TRUSTED_FIELDS_KEY] = _TRUSTED_EXECUTED_FIELDS
+        self._audit_log.record("ActionExecuted", fields)
 
     def _deny(self, session: Session, name: str, action_id: str) -> None:
         self._security(session, "RequestNotAllowed", extra=(("RequestType", _cut(f"Action: {name}", 63)),))
@@ -1301,15 +1313,15 @@ class Server:
         # The hot loop: most recipients are idle between actions and well under
         # their limit, so the bytes are appended in place.
         for session in self.authenticated.values():
-            if session.read & classes != classes or session.mask & classes != classes:
-                continue
+            if session.receives & classes != classes:
+                continue  # not its classes, or not (any more) authenticated
             if session.filters is not None:
                 if text is None:
                     text = data.decode("utf-8", "surrogateescape")
                 if not session.filters.passes(text):
                     continue
             out = session.out
-            if session.current is None and session.state == AUTHENTICATED and len(out) + size <= limit:
+            if session.current is None and len(out) + size <= limit:
                 if not out:
                     dirty.append(session)
                 out += data
@@ -1319,9 +1331,8 @@ class Server:
             self._deliver(session, data)
         if audit_fields is not None or event.name in _SECURITY_EVENT_NAMES:
             # every security event is an audit record too, received or not.
-            self._audit_log.info(
-                event.name, _trusted_fields=_TRUSTED_SECURITY_FIELDS, **(audit_fields or {}), **dict(event.headers)
-            )
+            fields = {**(audit_fields or {}), **dict(event.headers), TRUSTED_FIELDS_KEY: _TRUSTED_SECURITY_FIELDS}
+            self._audit_log.record(event.name, fields)
         hook = self._hooks.get("on_event")
         if hook:
             hook.call(self._hook_error("on_event"), event=event)
@@ -1390,7 +1401,8 @@ class Server:
 
     # ---------------------------------------------------------------- audit
     def audit(self, record: str, **fields: Any) -> None:
-        self._audit_log.info(record, _trusted_fields=_TRUSTED_AUDIT_FIELDS, **fields)
+        fields[TRUSTED_FIELDS_KEY] = _TRUSTED_AUDIT_FIELDS
+        self._audit_log.record(record, fields)
 
     @staticmethod
     def _who(session: Session, username: Optional[str] = None) -> Dict[str, Any]:

@@ -73,7 +73,7 @@ class Session:
         "username", "user_key", "read", "write", "mask", "challenge", "login_time",
         "current", "eof", "close_after_flush", "close_reason", "auth_timer",
         "linger_timer", "selector_events", "closed", "_info", "opened_at", "handshaking", "opened",
-        "filters", "backend", "blocked", "peer_ip", "resume_pending", "who",
+        "filters", "backend", "blocked", "peer_ip", "resume_pending", "who", "receives",
     )
 
     def __init__(self, sock: socket.socket, session_id: str, remote: Any, local: Any,
@@ -124,6 +124,9 @@ class Session:
         self.resume_pending = False
         #: The audit fields about this session, made on first use (see Server._who).
         self.who: Optional[dict] = None
+        #: The classes of events this session is sent: read classes & event mask
+        #: while authenticated, none otherwise (kept by :meth:`changed`).
+        self.receives = 0
 
     @property
     def authenticated(self) -> bool:
@@ -149,5 +152,7 @@ class Session:
         return self._info
 
     def changed(self) -> None:
+        """Call after any change of state, user, classes or mask."""
         self._info = None
         self.who = None
+        self.receives = self.read & self.mask if self.state == AUTHENTICATED else 0
