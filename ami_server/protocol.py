@@ -172,6 +172,8 @@ class Parser:
     def next_message(self) -> Optional[Message]:
         """Return the next complete message, or ``None`` until more input arrives."""
         buf = self._buf
+        if self._pos == len(buf):
+            return None  # everything received has been consumed
         if not self._lines and not self._too_long and not self._too_many:
             # The common case in one step: a CRLF-framed message of short,
             # clean lines. Anything unusual (bare LF, NUL, a long line, many

@@ -8,6 +8,7 @@ loop timer.
 
 from __future__ import annotations
 
+import functools
 import socket
 import ssl
 import sys
@@ -75,6 +76,8 @@ MESSAGES_PER_TURN = 64
 #: Graceful shutdown: how long output may take to drain before every session is closed (Q-7.8).
 SHUTDOWN_FLUSH_SECONDS = 2.0
 _RECV_SIZE = 65536
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
 _SYSTEM = CLASSES["system"]
 _SECURITY_EVENT_NAMES = frozenset(
     {
@@ -646,7 +649,8 @@ class Server:
         self._session_ids.add(session.session_id)
         self.unauthenticated += 1
         self.stats["sessions_accepted"] += 1
-        self.loop.register(sock, selectors.EVENT_READ, lambda m, s=session: self._on_ready(s, m))
+        session.on_ready = functools.partial(self._on_ready, session)
+        self.loop.register(sock, selectors.EVENT_READ, session.on_ready)
         session.selector_events = selectors.EVENT_READ
         # The TLS handshake counts against auth_timeout (P-1.1, A-3.11).
         session.auth_timer = self.loop.call_later(self.settings.auth_timeout, lambda: self._auth_timeout(session))
@@ -690,9 +694,9 @@ class Server:
         if not events:
             self.loop.unregister(session.sock)
         elif session.selector_events:
-            self.loop.modify(session.sock, events, lambda m, s=session: self._on_ready(s, m))
+            self.loop.modify(session.sock, events, session.on_ready)
         else:
-            self.loop.register(session.sock, events, lambda m, s=session: self._on_ready(s, m))
+            self.loop.register(session.sock, events, session.on_ready)
         session.selector_events = events
 
     def _auth_timeout(self, session: Session) -> None:
@@ -793,14 +797,13 @@ class Server:
     def _update_interest(self, session: Session) -> None:
         if session.closed:
             return
-        events = 0
-        if not session.eof and session.parser.buffered < INPUT_LIMIT:
-            events |= selectors.EVENT_READ
-        if session.out and session.blocked:
+        events = _READ if not session.eof and session.parser.buffered < INPUT_LIMIT else 0
+        if session.blocked and session.out:
             # Only a socket that refused bytes is watched for writability; other
             # output is sent at the end of this loop turn (_flush_dirty).
-            events |= selectors.EVENT_WRITE
-        self._set_interest(session, events)
+            events |= _WRITE
+        if events != session.selector_events:
+            self._set_interest(session, events)
 
     def _write(self, session: Session, data: bytes) -> None:
         if session.closed:
@@ -832,7 +835,8 @@ class Server:
         if not out and session.close_after_flush:
             self._close(session, session.close_reason)
             return
-        self._update_interest(session)
+        if session.blocked or session.selector_events & _WRITE:
+            self._update_interest(session)
         if (
             session.current is None
             and session.state != CLOSING
@@ -878,6 +882,7 @@ class Server:
         if session.selector_events:
             self.loop.unregister(session.sock)
             session.selector_events = 0
+        session.on_ready = None  # it refers back to the session
         try:
             session.sock.close()
         except OSError:

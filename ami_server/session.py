@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import socket
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 from .acl import ip_of
 from .api import Deferred, Response, SessionInfo, TimerHandle
@@ -73,7 +73,7 @@ class Session:
         "username", "user_key", "read", "write", "mask", "challenge", "login_time",
         "current", "eof", "close_after_flush", "close_reason", "auth_timer",
         "linger_timer", "selector_events", "closed", "_info", "opened_at", "handshaking", "opened",
-        "filters", "backend", "blocked", "peer_ip", "resume_pending", "who", "receives",
+        "filters", "backend", "blocked", "peer_ip", "resume_pending", "who", "receives", "on_ready",
     )
 
     def __init__(self, sock: socket.socket, session_id: str, remote: Any, local: Any,
@@ -127,6 +127,8 @@ class Session:
         #: The classes of events this session is sent: read classes & event mask
         #: while authenticated, none otherwise (kept by :meth:`changed`).
         self.receives = 0
+        #: The selector callback for this session's socket (set by the server).
+        self.on_ready: Optional[Callable[[int], None]] = None
 
     @property
     def authenticated(self) -> bool:
