@@ -74,7 +74,8 @@ def _check_name(name: str, what: str) -> None:
 _TOKENS: set = set()
 
 
-def _pairs(headers: HeadersLike, what: str) -> HeaderPairs:
+def _pairs(headers: HeadersLike, what: str, owner: Optional[str] = None) -> HeaderPairs:
+    """Headers as a tuple of (name, str value); ``what`` and ``owner`` name them in errors."""
     if headers.__class__ is tuple:
         # The common case: a tuple of (str, str) pairs with known names is kept as it is.
         for item in headers:
@@ -94,7 +95,7 @@ def _pairs(headers: HeadersLike, what: str) -> HeaderPairs:
     for item in items:
         name, value = item
         if name.__class__ is not str or name not in _TOKENS:
-            _check_name(name, f"{what} header name")
+            _check_name(name, f"{what} {owner!r} header name" if owner is not None else f"{what} header name")
             if len(_TOKENS) < 4096:
                 _TOKENS.add(name)
         if value.__class__ is not str:
@@ -108,7 +109,7 @@ def _pairs(headers: HeadersLike, what: str) -> HeaderPairs:
     return tuple(out)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Event:
     """An event to publish: a name, a non-empty class set and ordered headers (Q-7.1).
 
@@ -121,16 +122,19 @@ class Event:
     classes: Any
     headers: Any = ()
 
-    def __post_init__(self) -> None:
-        _check_name(self.name, "event name")
+    def __init__(self, name: str, classes: Any, headers: Any = ()) -> None:
+        # Written by hand, as Response's: one per published event.
+        if name.__class__ is not str or name not in _TOKENS:
+            _check_name(name, "event name")
         try:
-            mask = mask_of(self.classes)
+            mask = mask_of(classes)
         except ClassListError as exc:
-            raise ValueError(f"event {self.name!r}: {exc}") from None
+            raise ValueError(f"event {name!r}: {exc}") from None
         if not mask:
-            raise ValueError(f"event {self.name!r} needs at least one class (C-4.7)")
-        object.__setattr__(self, "classes", mask)
-        object.__setattr__(self, "headers", _pairs(self.headers, f"event {self.name!r}"))
+            raise ValueError(f"event {name!r} needs at least one class (C-4.7)")
+        object.__setattr__(self, "__dict__", {
+            "name": name, "classes": mask, "headers": _pairs(headers, "event", name),
+        })
 
     def get(self, name: str, default: Optional[str] = None) -> Optional[str]:
         """First header value called ``name`` (case-insensitive)."""

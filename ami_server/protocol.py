@@ -97,7 +97,7 @@ class Message:
     def get(self, name: str, default: Optional[str] = None) -> Optional[str]:
         """The first header called ``name`` (ASCII case-insensitive), even if empty (P-1.13)."""
         key = name.lower()
-        for lname, _, value in self._split():
+        for lname, _, value in self._pairs if self._pairs is not None else self._split():
             if lname == key:
                 return value
         return default
@@ -109,7 +109,7 @@ class Message:
 
     def headers(self) -> list[Tuple[str, str]]:
         """``(name, value)`` for every stored line that has a colon, in order."""
-        return [(name, value) for _, name, value in self._split()]
+        return [(name, value) for _, name, value in (self._pairs if self._pairs is not None else self._split())]
 
     @property
     def action(self) -> str:

@@ -9,23 +9,19 @@ _NOT_COPIED = ("action", "userevent")
 def userevent(ctx):
     request = ctx.request
     headers = [("UserEvent", request.get("UserEvent") or "")]
-    headers.extend(
-        (name, value) for name, value in request.headers() if name.lower() not in _NOT_COPIED
-    )
-    ctx.publish(Event("UserEvent", "user", _tokens_only(headers)))
+    for name, value in request.headers():
+        if name.lower() in _NOT_COPIED:
+            continue
+        if "\r" in name or name != name.strip():
+            # A name from the wire may hold a lone CR or outer blanks, which an
+            # output name may not (P-1.20); it is cleaned, and a name left
+            # empty is dropped like a colon-less line (D-8.5).
+            name = clean(name).strip()
+            if not name:
+                continue
+        headers.append((name, value))
+    ctx.publish(Event("UserEvent", "user", headers))
     return Response.success("Event Sent")
-
-
-def _tokens_only(headers):
-    # Names from the wire may hold a lone CR or outer blanks, which an output
-    # name may not (P-1.20); they are cleaned, and a name left empty is
-    # dropped like a colon-less line (D-8.5).
-    out = []
-    for name, value in headers:
-        name = clean(name).strip()
-        if name:
-            out.append((name, value))
-    return out
 
 
 @hookimpl
