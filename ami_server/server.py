@@ -764,6 +764,8 @@ class Server:
         limit = self.settings.output_queue_limit
         exhausted = False
         budget = MESSAGES_PER_TURN
+        next_message = session.parser.next_message
+        dispatch = self._dispatch
         while (
             not session.closed
             and session.state != CLOSING
@@ -776,11 +778,11 @@ class Server:
                     session.resume_pending = True
                     self.loop.call_soon(lambda: self._resume_input(session))
                 break
-            message = session.parser.next_message()
+            message = next_message()
             if message is None:
                 exhausted = True
                 break
-            self._dispatch(session, message)
+            dispatch(session, message)
         if session.closed:
             return
         if session.eof and exhausted:
