@@ -301,13 +301,21 @@ class AuditLogger(structlog.BoundLoggerBase):
     enabled = True
 
     def record(self, event: str, fields: Dict[str, Any]) -> None:
+        """Write one record: the bound context, ``fields``, then ``event``, through the chain.
+
+        The chain ends in a renderer (a string); ``fields`` may be consumed.
+        """
         if not self.enabled:
             return
+        event_dict: Any = {**self._context, **fields}
+        event_dict["event"] = event
+        logger = self._logger
         try:
-            args, kw = self._process_event("info", event, fields)
+            for processor in self._processors:
+                event_dict = processor(logger, "info", event_dict)
         except structlog.DropEvent:
             return
-        self._logger.info(*args, **kw)
+        logger.info(event_dict)
 
 
 def make_logger(sink: LogSink, level: str = "info", fmt: str = "json", redactor: Optional[Redactor] = None) -> Any:

@@ -162,3 +162,55 @@ def test_no_input_raises_and_memory_stays_bounded(data):
             assert len(message.lines) <= MAX_LINES
             message.action, message.action_id, message.headers()
         assert parser.buffered < 1024 + 97
+
+
+class _LineParser(Parser):
+    """The reference: every message line by line, as spec P-1.4 to P-1.10 say."""
+
+    __slots__ = ()
+
+    def next_message(self):
+        return self._next_by_lines()
+
+
+_clean_line = st.sampled_from([b"Action: Ping", b"ActionID: 7", b"Action: UserEvent", b"X:y", b"a\rb", b"k: \xff"])
+_odd = st.one_of(
+    st.sampled_from([b"\r\n", b"\r\n\r\n", b"\n", b"Nul\x00x\r\n", b"\r\r\n", b"L" * 1019, b"L" * 1020]),
+    st.sampled_from([b"L" * 1021, b"L" * 1022, b"L" * 1030, b"\r\n".join([b"H: v"] * 127), b"\r\n".join([b"H: v"] * 128)]),
+    st.binary(max_size=30),
+)
+_message = st.lists(_clean_line, min_size=1, max_size=4).map(lambda lines: b"\r\n".join(lines) + b"\r\n\r\n")
+# Mostly well-formed messages, the input the one-step path takes, with now
+# and then an empty line, a bare LF, a NUL, a long line or many lines.
+_crlf_stream = st.lists(st.one_of(_message, _message, _message, _odd), max_size=60).map(b"".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=_crlf_stream, cuts=st.lists(st.integers(0, 20000), max_size=8))
+def test_one_step_parsing_gives_the_line_by_line_messages(data, cuts):
+    """P-1.4 to P-1.10: the whole-run path never changes a message, however the bytes arrive."""
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    chunks = [data[a:b] for a, b in zip([0] + points, points + [len(data)])]
+    fast, reference = Parser(), _LineParser()
+    got, expected = [], []
+    for chunk in chunks:
+        fast.feed(chunk)
+        reference.feed(chunk)
+        got.extend(fast.messages())
+        expected.extend(reference.messages())
+        assert fast.has_input == reference.has_input
+    assert _summary(got) == _summary(expected)
+
+
+def test_pipelined_messages_stay_unconsumed_until_taken_p_1_18():
+    parser = Parser()
+    parser.feed(b"Action: Ping\r\nActionID: 1\r\n\r\n" * 3 + b"Action: Pi")
+    first = parser.next_message()
+    assert (first.action, first.action_id) == ("Ping", "1")
+    # The run parsed in one step counts as buffered input until its last message is taken.
+    assert parser.buffered == 3 * 29 + 10 and parser.has_input
+    assert parser.next_message().action_id == "1" and parser.next_message().action_id == "1"
+    assert parser.buffered == 10 and parser.next_message() is None
+    parser.feed(b"ng\r\n\r\n")
+    assert parser.next_message().action == "Ping" and not parser.has_input
+
