@@ -38,6 +38,8 @@ def normalize_ip(address: Union[str, Address]) -> Address:
 def ip_of(sockaddr: Any) -> str:
     """The IP address of a socket address as text (IPv4-mapped IPv6 as IPv4); the raw host if not an IP."""
     host = sockaddr[0] if isinstance(sockaddr, tuple) else str(sockaddr)
+    if ":" not in host:
+        return host  # IPv4 as the kernel writes it (already canonical), or not an IP at all
     try:
         return str(normalize_ip(host))
     except ValueError:

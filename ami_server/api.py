@@ -502,6 +502,12 @@ class Deferred:
         resolve(response)
         return True
 
+    def _claim(self) -> Optional[Response]:
+        """The reply, taken, if it was completed before anyone bound to it; else ``None``."""
+        with self._lock:
+            early, self._early = self._early, None
+        return early
+
     def _bind(self, resolve: Callable[[Response], None]) -> None:
         with self._lock:
             self._resolve = resolve

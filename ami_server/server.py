@@ -789,7 +789,10 @@ class Server:
             # P-1.17: every complete message was answered; a partial one is dropped.
             self._close_after_flush(session, "peer closed")
             return
-        self._update_interest(session)
+        if not exhausted or session.selector_events != _READ or session.blocked:
+            # (All input consumed but a partial message, well under INPUT_LIMIT,
+            # and reading, not blocked: the interest is unchanged.)
+            self._update_interest(session)
 
     def _resume_input(self, session: Session) -> None:
         session.resume_pending = False
@@ -963,6 +966,12 @@ class Server:
         if isinstance(result, Response):
             self._finish(session, run, result)
         elif isinstance(result, Deferred):
+            early = result._claim()
+            if early is not None:
+                # Completed before the handler returned (e.g. a Login decided on the
+                # loop): answered now, with no timer and no extra loop turn.
+                self._complete(session, run, early)
+                return
             run.deferred = result
             if run.timer is None and run.wait_reply is None and not session.state == CLOSING:
                 run.timer = self.loop.call_later(self.settings.action_timeout, lambda: self._timed_out(session, run))
