@@ -72,6 +72,10 @@ class Loop:
         except (BlockingIOError, OSError):
             pass
 
+    def has_callbacks(self) -> bool:
+        """Whether callbacks wait for the next turn (timers not counted)."""
+        return bool(self._ready or self._threadsafe)
+
     def in_loop_thread(self) -> bool:
         return self.thread_id is None or threading.get_ident() == self.thread_id
 

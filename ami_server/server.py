@@ -575,7 +575,9 @@ class Server:
         self.publish(Event("Shutdown", "system", (("Shutdown", "Cleanly"), ("Restart", "False"))))
         self._flush_dirty()
         deadline = time.monotonic() + SHUTDOWN_FLUSH_SECONDS
-        while any(s.out or (s.current is not None and not s.closed) for s in self.sessions.values()):
+        while self.loop.has_callbacks() or any(
+            s.out or (s.current is not None and not s.closed) for s in self.sessions.values()
+        ):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -766,12 +768,10 @@ class Server:
         budget = MESSAGES_PER_TURN
         next_message = session.parser.next_message
         dispatch = self._dispatch
-        while (
-            not session.closed
-            and session.state != CLOSING
-            and session.current is None
-            and len(session.out) <= limit
-        ):
+        while not session.closed and session.state != CLOSING and session.current is None:
+            if len(session.out) > limit:
+                session.output_paused = True  # _send resumes once the output drained
+                break
             budget -= 1
             if budget < 0:
                 if not session.resume_pending:
@@ -842,13 +842,9 @@ class Server:
             return
         if session.blocked or session.selector_events & _WRITE:
             self._update_interest(session)
-        if (
-            session.current is None
-            and session.state != CLOSING
-            and len(out) <= self.settings.output_queue_limit
-            and (session.parser.buffered or session.eof)
-        ):
+        if session.output_paused and len(out) <= self.settings.output_queue_limit:
             # Output drained below the limit: resume dispatching.
+            session.output_paused = False
             self._process_input(session)
 
     def _close_after_flush(self, session: Session, reason: str) -> None:
@@ -1101,14 +1097,11 @@ class Server:
             self._close_after_flush(session, reason)
 
     def _audit_executed(self, session: Session, run: ActionRun, response: Response) -> None:
-        fields = self._who(session).copy()
-        fields["action"] = run.name
-        fields["action_id"] = run.action_id
-        fields["result"] = response.status
-        fields["message"] = response.message
-        fields["duration_ms"] = round((time.monotonic() - run.started) * 1000, 3)
-        fields[TRUSTED_FIELDS_KEY] = _TRUSTED_EXECUTED_FIELDS
-        self._audit_log.record("ActionExecuted", fields)
+        self._audit_log.record("ActionExecuted", {
+            **self._who(session), "action": run.name, "action_id": run.action_id, "result": response.status,
+            "message": response.message, "duration_ms": round((time.monotonic() - run.started) * 1000, 3),
+            TRUSTED_FIELDS_KEY: _TRUSTED_EXECUTED_FIELDS,
+        })
 
     def _deny(self, session: Session, name: str, action_id: str) -> None:
         self._security(session, "RequestNotAllowed", extra=(("RequestType", _cut(f"Action: {name}", 63)),))

@@ -74,6 +74,7 @@ class Session:
         "current", "eof", "close_after_flush", "close_reason", "auth_timer",
         "linger_timer", "selector_events", "closed", "_info", "opened_at", "handshaking", "opened",
         "filters", "backend", "blocked", "peer_ip", "resume_pending", "who", "receives", "on_ready",
+        "output_paused",
     )
 
     def __init__(self, sock: socket.socket, session_id: str, remote: Any, local: Any,
@@ -122,6 +123,8 @@ class Session:
         self.blocked = False
         #: More buffered messages wait for the next loop turn (fairness between sessions).
         self.resume_pending = False
+        #: Dispatching stopped because the output was over its limit (Q-7.7).
+        self.output_paused = False
         #: The audit fields about this session, made on first use (see Server._who).
         self.who: Optional[dict] = None
         #: The classes of events this session is sent: read classes & event mask
