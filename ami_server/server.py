@@ -51,7 +51,6 @@ from .plugins import (
     ActionRegistry,
     HookCaller,
     PluginRecord,
-    RegisteredAction,
     collect_actions,
     create_plugin_manager,
     load_plugins,
@@ -126,13 +125,9 @@ class _SessionBackend(ActionRun):
 
     __slots__ = ("server", "session")
 
-    def __init__(
-        self, server: "Server", session: Session, name: str, action_id: str, started: float,
-        entry: Optional[RegisteredAction], audit: bool,
-    ) -> None:
-        ActionRun.__init__(self, name, action_id, started, entry, audit)
-        self.server = server
-        self.session = session
+    # Built with ActionRun's __init__; the dispatcher sets ``server`` and ``session``.
+    server: "Server"
+    session: Session
 
     def _on_loop(self, what: str) -> None:
         if not self.server.loop.in_loop_thread():
@@ -666,7 +661,8 @@ class Server:
         """The connection is a session now (after the TLS handshake): hooks, audit, banner."""
         session.opened = True
         self.audit("SessionOpened", **self._who(session))
-        self._call_hook("on_session_open", session=session.info())
+        if self._hooks.get("on_session_open"):
+            self._call_hook("on_session_open", session=session.info())
         self._write(session, f"Asterisk Call Manager/{self.settings.ami_version}\r\n".encode())
 
     def _handshake(self, session: Session) -> None:
@@ -892,12 +888,12 @@ class Server:
         session.changed()
         if not session.opened:
             return  # a TLS handshake that never completed: never a session for the hooks
-        info = session.info()
         self.audit(
             "SessionClosed", **self._who(session), reason=reason,
             duration=round(time.time() - session.opened_at, 3),
         )
-        self._call_hook("on_session_close", session=info, reason=reason)
+        if self._hooks.get("on_session_close"):
+            self._call_hook("on_session_close", session=session.info(), reason=reason)
 
     # -------------------------------------------------------------- dispatch
     def _dispatch(self, session: Session, message: Message) -> None:
@@ -940,7 +936,9 @@ class Server:
             self._deny(session, name, action_id)
             return
         audit = not action.read_only or self.config.logging.audit_read_only_actions
-        run = _SessionBackend(self, session, action.name, action_id, time.monotonic() if audit else 0.0, entry, audit)
+        run = _SessionBackend(action.name, action_id, time.monotonic() if audit else 0.0, entry, audit)
+        run.server = self
+        run.session = session
         session.current = run
         context = ActionContext(message, session.info(), run, entry.config)
         if action.blocking:
