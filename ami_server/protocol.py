@@ -8,8 +8,7 @@ value (P-1.19, P-1.20).
 
 from __future__ import annotations
 
-import collections
-from typing import Deque, Iterable, Iterator, Optional, Sequence, Tuple
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 __all__ = [
     "MAX_LINE",
@@ -161,7 +160,8 @@ class Parser:
         self._lines: list[str] = []
         self._too_long = False
         self._too_many = False
-        self._ahead: Deque[Message] = collections.deque()
+        #: Messages parsed ahead, last first (a list: an empty deque costs 600 bytes per session).
+        self._ahead: List[Message] = []
         self._ahead_end = 0
 
     def feed(self, data: bytes) -> None:
@@ -185,7 +185,7 @@ class Parser:
         """Return the next complete message, or ``None`` until more input arrives."""
         ahead = self._ahead
         if ahead:
-            message = ahead.popleft()
+            message = ahead.pop()
             if not ahead:
                 self._pos = self._ahead_end
             return message
@@ -217,7 +217,7 @@ class Parser:
                         if max(block.count("\r\n") for block in blocks) >= MAX_LINES:
                             blocks = []
                     if blocks:
-                        ahead.extend([Message(block.split("\r\n")) for block in blocks])
+                        ahead.extend([Message(block.split("\r\n")) for block in reversed(blocks)])
                         self._ahead_end = end + 4
                         return self.next_message()
         return self._next_by_lines()
