@@ -81,7 +81,14 @@ def test_pyst2(server):
                 other.login("admin", "adminpass", events="off")
                 other.action("UserEvent", {"UserEvent": "FromOther", "Detail": "7"})
             seen.wait(5)
-            result["logoff"] = manager.logoff().get_header("Response")
+            try:
+                result["logoff"] = manager.logoff().get_header("Response")
+            except ValueError:
+                # pyst2 writes the Logoff, then flushes its socket file; when the
+                # Goodbye and the close arrive in between, its reader thread has
+                # already closed that file and the flush raises. The server's side
+                # of the exchange is checked from its audit trail below.
+                result["logoff"] = "flush raced the close"
             # The server closes after Goodbye; pyst2 notices on its reader thread.
             deadline = time.monotonic() + 5
             while manager.connected() and time.monotonic() < deadline:
@@ -93,6 +100,13 @@ def test_pyst2(server):
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     thread.join(20)
+    if result.get("logoff") == "flush raced the close":
+        answered = [
+            r for r in server.log.records("ActionExecuted")
+            if r["username"] == "reader" and r["action"] == "Logoff" and r["result"] == "Goodbye"
+        ]
+        if answered:
+            result["logoff"] = "Goodbye"
     assert result == {
         "login": "Authentication accepted", "ping": "Pong", "event": "7", "logoff": "Goodbye", "done": True,
     }
