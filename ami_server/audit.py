@@ -19,7 +19,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, TextIO
 
 import structlog
 
-__all__ = ["AuditLogger", "LogSink", "StreamSink", "MemorySink", "make_audit_logger", "make_logger", "Redactor", "REDACTED"]
+__all__ = [
+    "AuditLogger", "LogSink", "StreamSink", "MemorySink", "make_audit_logger", "make_logger", "Redactor", "REDACTED",
+]
 
 REDACTED = "[redacted]"
 #: Field names whose values are never logged, whatever they hold (A-3.16, D-8.8).
@@ -332,7 +334,9 @@ def make_logger(sink: LogSink, level: str = "info", fmt: str = "json", redactor:
     ).bind()
 
 
-def make_audit_logger(sink: LogSink, level: str = "info", fmt: str = "json", redactor: Optional[Redactor] = None) -> AuditLogger:
+def make_audit_logger(
+    sink: LogSink, level: str = "info", fmt: str = "json", redactor: Optional[Redactor] = None
+) -> AuditLogger:
     """The audit trail beside :func:`make_logger`'s logger: same sink, chain and redactor; records marked ``audit``."""
     audit = AuditLogger(sink, _processors(fmt, redactor or Redactor()), {"audit": True})
     audit.enabled = _LEVELS[level] <= logging.INFO

@@ -922,7 +922,8 @@ class Server:
                     run = ActionRun(name, action_id, time.monotonic(), None, True)
                     session.current = run
                     self._security(session, "SessionLimit", account=username)
-                    self._handle_result(session, run, self._fail_later(session, run, "Login Already In Use", "login in use"))
+                    failed = self._fail_later(session, run, "Login Already In Use", "login in use")
+                    self._handle_result(session, run, failed)
                     return
         entry = self.actions.by_name.get(key)
         if entry is None:
