@@ -8,7 +8,6 @@ receive the server's internal objects.
 
 from __future__ import annotations
 
-import functools
 import re
 import threading
 from dataclasses import dataclass, field
@@ -54,24 +53,21 @@ HeadersLike = Union[Mapping[str, Any], Iterable[Tuple[str, Any]]]
 _ACTION_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
-@functools.lru_cache(maxsize=4096)
-def _is_token(name: str) -> bool:
-    """A name supplied by code is a token (P-1.20): no colon, CR, LF or outer blanks.
-
-    Memoised: the same few header names are checked for every reply.
-    """
-    return bool(name) and ":" not in name and "\r" not in name and "\n" not in name and name == name.strip()
+#: Names that passed :func:`_check_name`: the same few are checked for every
+#: reply and event, so hot paths test membership first (bounded).
+_TOKENS: set = set()
 
 
 def _check_name(name: str, what: str) -> None:
+    """A name supplied by code is a token (P-1.20): a non-empty string, no colon, CR, LF or outer blanks."""
+    if name.__class__ is str and name in _TOKENS:
+        return
     if not isinstance(name, str) or not name:
         raise ValueError(f"{what} must be a non-empty string, got {name!r}")
-    if not _is_token(name):
+    if ":" in name or "\r" in name or "\n" in name or name != name.strip():
         raise ValueError(f"{what} {name!r} must not contain ':', CR, LF or outer blanks")
-
-
-#: Header names already checked by :func:`_is_token` (the few a server uses, bounded).
-_TOKENS: set = set()
+    if len(_TOKENS) < 4096:
+        _TOKENS.add(name)
 
 
 def _pairs(headers: HeadersLike, what: str, owner: Optional[str] = None) -> HeaderPairs:
@@ -96,8 +92,6 @@ def _pairs(headers: HeadersLike, what: str, owner: Optional[str] = None) -> Head
         name, value = item
         if name.__class__ is not str or name not in _TOKENS:
             _check_name(name, f"{what} {owner!r} header name" if owner is not None else f"{what} header name")
-            if len(_TOKENS) < 4096:
-                _TOKENS.add(name)
         if value.__class__ is not str:
             if value is None:
                 value = ""
