@@ -207,16 +207,12 @@ class Parser:
                 ):
                     # Only well-formed messages, none of them empty, in run.
                     text = run.decode("utf-8", "surrogateescape")
-                    if crlf < MAX_LINES:
-                        if "\r\n\r\n" not in text:
-                            self._pos = end + 4
-                            return Message(text.split("\r\n"))
-                        blocks = text.split("\r\n\r\n")
-                    else:
-                        blocks = text.split("\r\n\r\n")
-                        if max(block.count("\r\n") for block in blocks) >= MAX_LINES:
-                            blocks = []
-                    if blocks:
+                    if crlf < MAX_LINES and "\r\n\r\n" not in text:
+                        self._pos = end + 4
+                        return Message(text.split("\r\n"))
+                    blocks = text.split("\r\n\r\n")
+                    # Fewer CRLFs in all than the line limit: no message can exceed it.
+                    if crlf < MAX_LINES or max(block.count("\r\n") for block in blocks) < MAX_LINES:
                         ahead.extend([Message(block.split("\r\n")) for block in reversed(blocks)])
                         self._ahead_end = end + 4
                         return self.next_message()
