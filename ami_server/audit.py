@@ -210,19 +210,21 @@ class Redactor:
         alternatives.append(r"(?i:secret|key)")
         self._suspect = re.compile("|".join(alternatives)).search
 
+    def _scrub_text(self, value: str) -> str:
+        """Replace secrets in a text that :attr:`_suspect` found something in."""
+        for secret in self._secrets:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
+        if self._short is not None:
+            value = self._short.sub(REDACTED, value)
+        lowered = value.lower()
+        if "secret" in lowered or "key" in lowered:
+            value = _INLINE_SECRET_RE.sub(lambda m: m.group(1) + REDACTED, value)
+        return value
+
     def _scrub(self, value: Any) -> Any:
-        if value.__class__ is str:
-            if self._suspect(value) is None:
-                return value
-            for secret in self._secrets:
-                if secret in value:
-                    value = value.replace(secret, REDACTED)
-            if self._short is not None:
-                value = self._short.sub(REDACTED, value)
-            lowered = value.lower()
-            if "secret" in lowered or "key" in lowered:
-                value = _INLINE_SECRET_RE.sub(lambda m: m.group(1) + REDACTED, value)
-            return value
+        if isinstance(value, str):  # str subclasses (e.g. str enums) too
+            return value if self._suspect(value) is None else self._scrub_text(value)
         if value is None or value.__class__ in (int, float, bool):
             return value
         if isinstance(value, dict):
@@ -248,7 +250,7 @@ class Redactor:
                 event_dict[name] = REDACTED
             elif value.__class__ is str:
                 if suspect(value) is not None:
-                    event_dict[name] = self._scrub(value)
+                    event_dict[name] = self._scrub_text(value)
             elif value.__class__ is not bool and value.__class__ is not int:
                 event_dict[name] = self._scrub(value)
         return event_dict

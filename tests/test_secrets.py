@@ -72,6 +72,16 @@ def test_redactor_handles_pairs_dicts_and_inline_text():
     assert "ok" in flat
 
 
+def test_redactor_scrubs_str_subclasses():
+    """A value that is a str subclass (a str enum, say) is text like any other (A-3.16)."""
+
+    class Note(str):
+        pass
+
+    record = Redactor(["hunter22"])(None, "info", {"note": Note("typed hunter22 here")})
+    assert "hunter22" not in record["note"] and "[redacted]" in record["note"]
+
+
 class QuotingBackend:
     """A careless backend: its exception quotes the credentials it was given."""
 
