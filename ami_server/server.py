@@ -785,10 +785,7 @@ class Server:
             # P-1.17: every complete message was answered; a partial one is dropped.
             self._close_after_flush(session, "peer closed")
             return
-        if not exhausted or session.selector_events != _READ or session.blocked:
-            # (All input consumed but a partial message, well under INPUT_LIMIT,
-            # and reading, not blocked: the interest is unchanged.)
-            self._update_interest(session)
+        self._update_interest(session)
 
     def _resume_input(self, session: Session) -> None:
         session.resume_pending = False
