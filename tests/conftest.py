@@ -39,6 +39,24 @@ def plugin_module(plugin_dir, name, body):
     return EntryPoint(name, name, "ami_server.actions")
 
 
+def process_config(log_file: Path) -> str:
+    """The ``[server]`` and ``[logging]`` tables :func:`start_server_process` relies on.
+
+    Any free loopback port (the log announces it), no login failure delay, and
+    the log as JSON lines in ``log_file``; append the ``[users.*]`` tables.
+    """
+    return f"""
+[server]
+host = "127.0.0.1"
+port = 0
+login_failure_delay = 0
+
+[logging]
+file = "{log_file}"
+format = "json"
+"""
+
+
 def start_server_process(config: Path, log_file: Path, timeout: float = 30.0):
     """Run ``ami-server --config`` as a real process; return it and the port its log announces."""
     process = subprocess.Popen([sys.executable, "-m", "ami_server.cli", "--config", str(config)],

@@ -20,7 +20,7 @@ import pytest
 
 from ami_server.testing import AMIClient
 
-from conftest import start_server_process
+from conftest import process_config, start_server_process
 
 ROOT = Path(__file__).resolve().parent.parent
 OPERATIONS = ROOT / "docs" / "operations.md"
@@ -55,16 +55,8 @@ def audit_log(tmp_path_factory):
     log_file = directory / "audit.log"
     config = directory / "config.toml"
     config.write_text(
-        f"""
-[server]
-host = "127.0.0.1"
-port = 0
-login_failure_delay = 0
-
-[logging]
-file = "{log_file}"
-format = "json"
-
+        process_config(log_file)
+        + """
 [users.admin]
 secret = "admin-secret-1"
 read = "all"

@@ -11,7 +11,7 @@ import pytest
 from ami_server import ActionError, CliCommand, CommandOutput, hookimpl
 from ami_server.testing import AMIClient, make_config, running_server
 
-from conftest import USERS, start_server_process, wait_for
+from conftest import USERS, process_config, start_server_process, wait_for
 
 
 # -- Command and CLI commands ------------------------------------------------
@@ -280,16 +280,7 @@ def test_a_failed_reload_changes_nothing(tmp_path):
 def test_sighup_reloads_a_real_process(tmp_path):
     config = tmp_path / "config.toml"
     log_file = tmp_path / "audit.log"
-    base = f"""
-[server]
-host = "127.0.0.1"
-port = 0
-login_failure_delay = 0
-
-[logging]
-file = "{log_file}"
-format = "json"
-
+    base = process_config(log_file) + """
 [users.admin]
 secret = "admin-secret"
 read = "all"
