@@ -834,6 +834,7 @@ class Server:
             self._close(session, session.close_reason)
             return
         if session.blocked or session.selector_events & _WRITE:
+            # A send changes only the write interest (read depends on input).
             self._update_interest(session)
         if session.output_paused and len(out) <= self.settings.output_queue_limit:
             # Output drained below the limit: resume dispatching.
