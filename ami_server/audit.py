@@ -15,12 +15,12 @@ import re
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, TextIO
+from typing import Any, Callable, Dict, Iterable, List, Optional, TextIO, Tuple
 
 import structlog
 
 __all__ = [
-    "AuditLogger", "LogSink", "StreamSink", "MemorySink", "make_audit_logger", "make_logger", "Redactor", "REDACTED",
+    "AuditFields", "AuditLogger", "LogSink", "StreamSink", "MemorySink", "make_audit_logger", "make_logger", "Redactor", "REDACTED",
 ]
 
 REDACTED = "[redacted]"
@@ -179,10 +179,14 @@ class Redactor:
     """
 
     WHOLE_WORD_BELOW = 4
+    #: Up to this many secrets, :meth:`suspicious` looks for each with ``in``.
+    FEW_SECRETS = 16
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: tuple[str, ...] = ()
         self._known: frozenset = frozenset()
+        #: Counts changes of the secrets: text scrubbed under an older generation is stale.
+        self.generation = 0
         self._short: Optional[re.Pattern] = None
         self.set_secrets(secrets)
 
@@ -191,6 +195,7 @@ class Redactor:
         self.set_secrets([*self._known, *secrets])
 
     def set_secrets(self, secrets: Iterable[str]) -> None:
+        self.generation += 1
         unique = {s for s in secrets if s}
         self._known = frozenset(unique)
         # Longest first so that a secret containing another is replaced whole.
@@ -202,16 +207,32 @@ class Redactor:
             re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(map(re.escape, short)) + r")(?![A-Za-z0-9])")
             if short else None
         )
-        # One scan tells whether a text needs any work: a secret, a short
-        # secret or a "secret"/"key" hint; most values need none.
-        alternatives = [re.escape(s) for s in self._secrets]
-        if self._short is not None:
-            alternatives.append(self._short.pattern)
-        alternatives.append(r"(?i:secret|key)")
-        self._suspect = re.compile("|".join(alternatives)).search
+        # A few secrets are looked for with ``in``; many, with one regex scan.
+        self._many = (
+            re.compile("|".join(map(re.escape, self._secrets))).search
+            if len(self._secrets) > self.FEW_SECRETS else None
+        )
+
+    def suspicious(self, value: str) -> bool:
+        """Whether ``value`` needs scrubbing: it holds a secret, a short secret or a "secret"/"key" hint.
+
+        Most values need none, so this is the cheap test in front of
+        :meth:`_scrub_text` (a regex alternation costs several times more).
+        """
+        lowered = value.lower()
+        if "secret" in lowered or "key" in lowered:
+            return True
+        if self._many is not None:
+            if self._many(value) is not None:
+                return True
+        else:
+            for secret in self._secrets:
+                if secret in value:
+                    return True
+        return self._short is not None and self._short.search(value) is not None
 
     def _scrub_text(self, value: str) -> str:
-        """Replace secrets in a text that :attr:`_suspect` found something in."""
+        """Replace secrets in a text that :meth:`suspicious` found something in."""
         for secret in self._secrets:
             if secret in value:
                 value = value.replace(secret, REDACTED)
@@ -224,7 +245,7 @@ class Redactor:
 
     def _scrub(self, value: Any) -> Any:
         if isinstance(value, str):  # str subclasses (e.g. str enums) too
-            return value if self._suspect(value) is None else self._scrub_text(value)
+            return self._scrub_text(value) if self.suspicious(value) else value
         if value is None or value.__class__ in (int, float, bool):
             return value
         if isinstance(value, dict):
@@ -243,21 +264,21 @@ class Redactor:
         # ids, counters); everything else -- above all what a client typed --
         # is scrubbed.
         trusted = event_dict.pop(TRUSTED_FIELDS_KEY, ())
-        suspect = self._suspect
+        suspicious = self.suspicious
         for name in event_dict.keys() - trusted if trusted else list(event_dict):
             value = event_dict[name]
             if name.lower() in SENSITIVE_KEYS:
                 event_dict[name] = REDACTED
             elif value.__class__ is str:
-                if suspect(value) is not None:
+                if suspicious(value):
                     event_dict[name] = self._scrub_text(value)
             elif value.__class__ is not bool and value.__class__ is not int:
                 event_dict[name] = self._scrub(value)
         return event_dict
 
 
-def _json_lines() -> Callable[[Any, str, dict], str]:
-    """The final processor: one JSON object per line, non-JSON values as ``str()``.
+def _json_encoder() -> Callable[[Any], str]:
+    """One JSON text from a value, non-JSON values as ``str()``.
 
     The encoder is built once (``json.dumps`` builds one per call, a third of
     the cost of a short record).
@@ -265,10 +286,16 @@ def _json_lines() -> Callable[[Any, str, dict], str]:
     encoder = json.JSONEncoder(default=str)
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:  # pragma: no cover - a Python without the C accelerator
-        return lambda logger, method, event_dict: encoder.encode(event_dict)
+        return encoder.encode
     fast = make(None, str, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True)
     join = "".join
-    return lambda logger, method, event_dict: join(fast(event_dict, 0))
+    return lambda value: join(fast(value, 0))
+
+
+def _json_lines() -> Callable[[Any, str, dict], str]:
+    """The final processor: one JSON object per line."""
+    encode = _json_encoder()
+    return lambda logger, method, event_dict: encode(event_dict)
 
 
 class _LevelTimeAndException:
@@ -281,37 +308,205 @@ class _LevelTimeAndException:
     def __init__(self) -> None:
         self._second = -1
         self._prefix = ""
+        self._millisecond = -1
+        self._last = ""
 
-    def __call__(self, logger: Any, method: str, event_dict: dict) -> dict:
-        event_dict["level"] = _LEVEL_NAMES.get(method, method)
-        now = time.time()
-        second = int(now)
+    def timestamp(self) -> str:
+        """Now, as the records show it; records written within one millisecond share the text."""
+        millisecond = time.time_ns() // 1_000_000
+        if millisecond == self._millisecond:
+            return self._last
+        second, fraction = divmod(millisecond, 1000)
         if second != self._second:
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
-        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1000):03d}+00:00"
+        self._millisecond = millisecond
+        self._last = f"{self._prefix}.{fraction:03d}+00:00"
+        return self._last
+
+    def __call__(self, logger: Any, method: str, event_dict: dict) -> dict:
+        event_dict["level"] = _LEVEL_NAMES.get(method, method)
+        event_dict["timestamp"] = self.timestamp()
         if "exc_info" in event_dict:
             event_dict = structlog.processors.format_exc_info(logger, method, event_dict)
         return event_dict
+
+
+class AuditFields(dict):
+    """Fields that many audit records repeat (who a session is), kept with their rendered text.
+
+    The JSON audit trail renders and scrubs these once per set of trusted
+    field names and secrets, not once per record. Treat one as frozen once it
+    was logged: a change makes a new one.
+    """
+
+    __slots__ = ("rendered",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Trusted field names -> (redactor generation, JSON members without braces).
+        self.rendered: Dict[Any, Tuple[int, str]] = {}
+
+
+#: Fields the renderer adds to every record; a record that brings its own takes the processor chain.
+_ADDED_FIELDS = ("event", "level", "timestamp", "exc_info")
+
+_escape = json.encoder.encode_basestring_ascii
+_INFINITIES = (float("inf"), float("-inf"))
+
+
+class _Shape:
+    """A compiled record shape: its event, field names and trusted names, as a ``%`` template."""
+
+    __slots__ = ("template", "untrusted", "timestamp_untrusted")
+
+    def __init__(self, template: str, untrusted: Tuple[int, ...], timestamp_untrusted: bool) -> None:
+        self.template = template
+        #: Per field, in order: 0 trusted, 1 scrubbed, 2 a sensitive name (always redacted).
+        self.untrusted = untrusted
+        self.timestamp_untrusted = timestamp_untrusted
+
+
+class _JsonAuditLines:
+    """Renders audit records as the JSON processor chain would, from cached parts.
+
+    Server records come in a few shapes (event, field names, trusted names);
+    each shape is compiled once into a template holding the rendered names,
+    the bound context and the event, and each :class:`AuditFields` is
+    rendered once per shape of trust. What is left per record is scrubbing
+    and escaping its values. The line equals the chain's byte for byte (a
+    test compares them); anything unusual goes to the chain.
+    """
+
+    #: Shapes kept; the server writes a few dozen.
+    SHAPES_KEPT = 256
+
+    def __init__(self, context: Dict[str, Any], redactor: Redactor, stamp: _LevelTimeAndException) -> None:
+        self._context = context
+        self._redactor = redactor
+        self._stamp = stamp
+        self._encode = _json_encoder()
+        self._shapes: Dict[Any, Optional[_Shape]] = {}
+        self._generation = redactor.generation
+
+    def _members(self, fields: Dict[str, Any], trusted: Any) -> str:
+        """Scrubbed JSON members of ``fields`` (no braces); ``fields`` is consumed."""
+        fields[TRUSTED_FIELDS_KEY] = trusted
+        return self._encode(self._redactor(None, "info", fields))[1:-1]
+
+    def _compile(self, event: str, names: Tuple[str, ...], trusted: Any, with_about: bool) -> Optional[_Shape]:
+        context = self._context
+        for name in names:
+            if name.__class__ is not str or name in context or name in _ADDED_FIELDS:
+                return None
+        for name in _ADDED_FIELDS:
+            if name in context:
+                return None
+        parts = []
+        if context:
+            parts.append(self._members(dict(context), trusted).replace("%", "%%"))
+        if with_about:
+            parts.append("%s")
+        untrusted = []
+        for name in names:
+            parts.append(_escape(name).replace("%", "%%") + ": %s")
+            if name in trusted:
+                untrusted.append(0)
+            else:
+                untrusted.append(2 if name.lower() in SENSITIVE_KEYS else 1)
+        event_text = self._members({"event": event}, trusted).replace("%", "%%")
+        level_text = self._members({"level": "info"}, trusted).replace("%", "%%")
+        parts.extend((event_text, level_text, '"timestamp": %s'))
+        return _Shape("{" + ", ".join(parts) + "}", tuple(untrusted), "timestamp" not in trusted)
+
+    def __call__(self, event: str, fields: Dict[str, Any], about: Optional[AuditFields]) -> Optional[str]:
+        """The line, or ``None`` where only the chain renders it."""
+        redactor = self._redactor
+        if redactor.generation != self._generation:
+            self._shapes.clear()  # the secrets changed: names and events are scrubbed anew
+            self._generation = redactor.generation
+        trusted = fields.pop(TRUSTED_FIELDS_KEY, ())
+        if trusted.__class__ is not frozenset and trusted.__class__ is not tuple:
+            trusted = frozenset(trusted)
+        names = tuple(fields)
+        key = (event, names, trusted, bool(about))
+        shapes = self._shapes
+        try:
+            shape = shapes[key]
+        except KeyError:
+            if len(shapes) >= self.SHAPES_KEPT:
+                shapes.clear()
+            shape = shapes[key] = self._compile(event, names, trusted, bool(about))
+        if shape is None:
+            fields[TRUSTED_FIELDS_KEY] = trusted
+            return None
+        values: List[str] = []
+        append = values.append
+        if about:
+            if not about.keys().isdisjoint(names) or not about.keys().isdisjoint(self._context):
+                fields[TRUSTED_FIELDS_KEY] = trusted
+                return None
+            cached = about.rendered.get(trusted)
+            if cached is None or cached[0] != self._generation:
+                cached = about.rendered[trusted] = (self._generation, self._members(dict(about), trusted))
+            append(cached[1])
+        suspicious = redactor.suspicious
+        for value, untrusted in zip(fields.values(), shape.untrusted):
+            kind = value.__class__
+            if untrusted:
+                if untrusted == 2:
+                    value, kind = REDACTED, str
+                elif kind is str:
+                    if suspicious(value):
+                        value = redactor._scrub_text(value)
+                elif kind is not bool and kind is not int:
+                    value = redactor._scrub(value)
+                    kind = value.__class__
+            if kind is str:
+                append(_escape(value))
+            elif value is None:
+                append("null")
+            elif value is True:
+                append("true")
+            elif value is False:
+                append("false")
+            elif kind is int:
+                append(int.__repr__(value))
+            elif kind is float and value == value and value not in _INFINITIES:
+                append(float.__repr__(value))
+            else:
+                append(self._encode(value))
+        stamp = self._stamp.timestamp()
+        if shape.timestamp_untrusted and suspicious(stamp):
+            stamp = redactor._scrub_text(stamp)
+        append(_escape(stamp))
+        return shape.template % tuple(values)
 
 
 class AuditLogger(structlog.BoundLoggerBase):
     """The audit trail's logger: :meth:`record` runs the processor chain on a dict of fields.
 
     Audit records are written at level ``info``; with a higher ``[logging]
-    level`` they are dropped, like any info record.
+    level`` they are dropped, like any info record. JSON records are rendered
+    from cached parts where that gives the same line (:class:`_JsonAuditLines`).
     """
 
     enabled = True
+    _json: Optional[_JsonAuditLines] = None
 
-    def record(self, event: str, fields: Dict[str, Any]) -> None:
-        """Write one record: the bound context, ``fields``, then ``event``, through the chain.
+    def record(self, event: str, fields: Dict[str, Any], about: Optional[AuditFields] = None) -> None:
+        """Write one record: the bound context, ``about``, ``fields``, then ``event``.
 
         The chain ends in a renderer (a string); ``fields`` may be consumed.
         """
         if not self.enabled:
             return
-        event_dict: Any = {**self._context, **fields}
+        if self._json is not None:
+            line = self._json(event, fields, about)
+            if line is not None:
+                self._logger.info(line)
+                return
+        event_dict: Any = {**self._context, **about, **fields} if about else {**self._context, **fields}
         event_dict["event"] = event
         logger = self._logger
         try:
@@ -340,8 +535,12 @@ def make_audit_logger(
     sink: LogSink, level: str = "info", fmt: str = "json", redactor: Optional[Redactor] = None
 ) -> AuditLogger:
     """The audit trail beside :func:`make_logger`'s logger: same sink, chain and redactor; records marked ``audit``."""
-    audit = AuditLogger(sink, _processors(fmt, redactor or Redactor()), {"audit": True})
+    redactor = redactor or Redactor()
+    processors = _processors(fmt, redactor)
+    audit = AuditLogger(sink, processors, {"audit": True})
     audit.enabled = _LEVELS[level] <= logging.INFO
+    if fmt != "console":
+        audit._json = _JsonAuditLines(audit._context, redactor, processors[0])
     return audit
 
 

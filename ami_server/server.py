@@ -38,6 +38,7 @@ from .api import (
 from .audit import (
     REDACTED,
     TRUSTED_FIELDS_KEY,
+    AuditFields,
     LogSink,
     Redactor,
     StreamSink,
@@ -435,7 +436,7 @@ class Server:
         """Close the session called ``session_id`` at once (audited ``SessionRevoked``)."""
         for session in list(self.sessions.values()):
             if session.session_id == session_id and session.opened and not session.closed:
-                self.audit("SessionRevoked", **self._who(session), reason=reason)
+                self.audit("SessionRevoked", self._who(session), reason=reason)
                 self._close(session, "revoked")
                 return True
         return False
@@ -549,7 +550,7 @@ class Server:
             elif not after.acl.allows(session.peer_ip):
                 reason = "denied by ACL"
             if reason is not None:
-                self.audit("SessionRevoked", **self._who(session), reason=reason)
+                self.audit("SessionRevoked", self._who(session), reason=reason)
                 self._close(session, "revoked")
                 revoked += 1
             elif (session.read, session.write) != (after.read, after.write):
@@ -660,7 +661,7 @@ class Server:
     def _opened(self, session: Session) -> None:
         """The connection is a session now (after the TLS handshake): hooks, audit, banner."""
         session.opened = True
-        self.audit("SessionOpened", **self._who(session))
+        self.audit("SessionOpened", self._who(session))
         if self._hooks.get("on_session_open"):
             self._call_hook("on_session_open", session=session.info())
         self._write(session, f"Asterisk Call Manager/{self.settings.ami_version}\r\n".encode())
@@ -678,7 +679,7 @@ class Server:
             return
         except (OSError, ValueError) as exc:
             reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
-            self.audit("TLSHandshakeFailed", **self._who(session), error=str(reason))
+            self.audit("TLSHandshakeFailed", self._who(session), error=str(reason))
             self._close(session, "TLS handshake failed")
             return
         session.handshaking = False
@@ -702,7 +703,7 @@ class Server:
             return
         if session.close_after_flush:
             return
-        self.audit("AuthTimeout", **self._who(session), timeout=self.settings.auth_timeout)
+        self.audit("AuthTimeout", self._who(session), timeout=self.settings.auth_timeout)
         self._close(session, "auth timeout")
 
     # ------------------------------------------------------------------- I/O
@@ -887,7 +888,7 @@ class Server:
         if not session.opened:
             return  # a TLS handshake that never completed: never a session for the hooks
         self.audit(
-            "SessionClosed", **self._who(session), reason=reason,
+            "SessionClosed", self._who(session), reason=reason,
             duration=round(time.time() - session.opened_at, 3),
         )
         if self._hooks.get("on_session_close"):
@@ -1095,14 +1096,14 @@ class Server:
 
     def _audit_executed(self, session: Session, run: ActionRun, response: Response) -> None:
         self._audit_log.record("ActionExecuted", {
-            **self._who(session), "action": run.name, "action_id": run.action_id, "result": response.status,
+            "action": run.name, "action_id": run.action_id, "result": response.status,
             "message": response.message, "duration_ms": round((time.monotonic() - run.started) * 1000, 3),
             TRUSTED_FIELDS_KEY: _TRUSTED_EXECUTED_FIELDS,
-        })
+        }, self._who(session))
 
     def _deny(self, session: Session, name: str, action_id: str) -> None:
         self._security(session, "RequestNotAllowed", extra=(("RequestType", _cut(f"Action: {name}", 63)),))
-        self.audit("ActionDenied", **self._who(session), action=name, action_id=action_id)
+        self.audit("ActionDenied", self._who(session), action=name, action_id=action_id)
         self._write(session, render_response("Error", action_id, "Permission denied"))
 
     # ---------------------------------------------------------------- login
@@ -1152,13 +1153,13 @@ class Server:
             return Response.success("Already authenticated")
         username = request.get("Username") or ""
         if not username:
-            self.audit("LoginFailed", **self._who(session, ""), reason="no username")
+            self.audit("LoginFailed", self._who(session, ""), reason="no username")
             return self._fail_later(session, run, "Authentication failed", "login failed")
         md5 = (request.get("AuthType") or "").lower() == "md5"
         auth_type = "md5" if md5 else "plain"
         if not md5 and self._plaintext_refused(session, username):
             self.audit(
-                "LoginFailed", **self._who(session, username), auth_type=auth_type,
+                "LoginFailed", self._who(session, username), auth_type=auth_type,
                 reason="plaintext secret refused without TLS", backend=None,
             )
             return self._fail_later(session, run, "Authentication failed", "login failed")
@@ -1191,7 +1192,7 @@ class Server:
 
         if not self.auth_workers.submit(lambda: _ask_backends(chain, tables, attempt), done):
             self.audit(
-                "AuthBackendError", **self._who(session, username), backend=None,
+                "AuthBackendError", self._who(session, username), backend=None,
                 error="too many logins waiting for a backend",
             )
             return self._fail_later(session, run, "Authentication failed", "login failed", deferred)
@@ -1203,7 +1204,7 @@ class Server:
             return
         attempt.settled = True
         self.audit(
-            "AuthBackendError", **self._who(session, attempt.request.username), backend=attempt.backend,
+            "AuthBackendError", self._who(session, attempt.request.username), backend=attempt.backend,
             error=f"no answer within {self.config.auth.timeout:g} s",
         )
         self._reject(session, run, attempt, None, AuthDecision.reject())
@@ -1222,7 +1223,7 @@ class Server:
             value = (attempt.backend, None, f"authentication chain failed: {exc!r}")
         backend, decision, error = value
         if error is not None:
-            self.audit("AuthBackendError", **self._who(session, username), backend=backend, error=error)
+            self.audit("AuthBackendError", self._who(session, username), backend=backend, error=error)
             decision = AuthDecision.reject()
         if decision is None:
             decision = AuthDecision.reject("unknown_user")
@@ -1249,7 +1250,7 @@ class Server:
         if decision.detail:
             fields["detail"] = decision.detail
         self.audit(
-            "LoginFailed", **self._who(session, username), auth_type=attempt.request.auth_type,
+            "LoginFailed", self._who(session, username), auth_type=attempt.request.auth_type,
             reason=decision.reason or "rejected", backend=backend, **fields,
         )
         self._fail_later(session, run, "Authentication failed", "login failed", attempt.deferred)
@@ -1275,7 +1276,7 @@ class Server:
         self.unauthenticated -= 1
         self.authenticated[session.fd] = session
         session.changed()
-        self.audit("LoginSucceeded", **self._who(session), auth_type=auth_type, backend=backend)
+        self.audit("LoginSucceeded", self._who(session), auth_type=auth_type, backend=backend)
         self._security(session, "SuccessfulAuth", extra=(("UsingPassword", "0"),))
         blocks: Tuple[Block, ...] = ()
         if session.read & session.mask & _SYSTEM:
@@ -1302,7 +1303,7 @@ class Server:
         """
         self._publish(event, None)
 
-    def _publish(self, event: Event, audit_fields: Optional[Dict[str, Any]]) -> None:
+    def _publish(self, event: Event, audit_fields: Optional[AuditFields]) -> None:
         if not self.loop.in_loop_thread():
             self.loop.call_soon_threadsafe(lambda: self._publish(event, audit_fields))
             return
@@ -1337,8 +1338,8 @@ class Server:
             self._deliver(session, data)
         if audit_fields is not None or event.name in _SECURITY_EVENT_NAMES:
             # A-3.16: every security event is an audit record too, received or not.
-            fields = {**(audit_fields or {}), **dict(event.headers), TRUSTED_FIELDS_KEY: _TRUSTED_SECURITY_FIELDS}
-            self._audit_log.record(event.name, fields)
+            fields = {**dict(event.headers), TRUSTED_FIELDS_KEY: _TRUSTED_SECURITY_FIELDS}
+            self._audit_log.record(event.name, fields, audit_fields)
         hook = self._hooks.get("on_event")
         if hook:
             hook.call(self._hook_error("on_event"), event=event)
@@ -1367,7 +1368,7 @@ class Server:
             self.stats["slow_consumer_disconnects"] += 1
             self.stats["events_dropped"] += 1 + len(session.pending)
             self.audit(
-                "SlowConsumerDisconnect", **self._who(session),
+                "SlowConsumerDisconnect", self._who(session),
                 buffered=len(session.out) + session.pending_bytes, limit=self.settings.output_queue_limit,
             )
             self._close(session, "slow consumer")
@@ -1406,25 +1407,26 @@ class Server:
         self._publish(event, self._who(session, account_id))
 
     # ---------------------------------------------------------------- audit
-    def audit(self, record: str, **fields: Any) -> None:
+    def audit(self, record: str, about: Optional[AuditFields] = None, /, **fields: Any) -> None:
+        """Write the audit record ``record``: ``about`` (see :meth:`_who`), then ``fields``."""
         fields[TRUSTED_FIELDS_KEY] = _TRUSTED_AUDIT_FIELDS
-        self._audit_log.record(record, fields)
+        self._audit_log.record(record, fields, about)
 
     @staticmethod
-    def _who(session: Session, username: Optional[str] = None) -> Dict[str, Any]:
+    def _who(session: Session, username: Optional[str] = None) -> AuditFields:
         """The fields every audit record about a session carries (kept until the session changes)."""
         who = session.who
         if who is None:
-            who = session.who = {
+            who = session.who = AuditFields({
                 "session": session.session_id,
                 "remote_address": session.remote_address,
                 "local_address": session.local_address,
                 "remote_ip": session.peer_ip,
                 "tls": session.transport == "TLS",
                 "username": session.username,
-            }
+            })
         if username is not None and username != who["username"]:
-            return {**who, "username": username}
+            return AuditFields(who, username=username)
         return who
 
     def _call_hook(self, name: str, **kwargs: Any) -> None:

@@ -126,7 +126,7 @@ class Session:
         #: Dispatching stopped because the output was over its limit (Q-7.7).
         self.output_paused = False
         #: The audit fields about this session, made on first use (see Server._who).
-        self.who: Optional[dict] = None
+        self.who: Optional[dict] = None  # an AuditFields
         #: The classes of events this session is sent: read classes & event mask
         #: while authenticated, none otherwise (kept by :meth:`changed`).
         self.receives = 0

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+import enum
 import hashlib
+import json
+
+import pytest
+from hypothesis import given, settings, strategies as st
 
 from ami_server import Action, Response, hookimpl
-from ami_server.audit import MemorySink, Redactor
+from ami_server import audit
+from ami_server.audit import TRUSTED_FIELDS_KEY, MemorySink, Redactor
 from ami_server.testing import make_config, running_server
 
 SECRET = "s3cret-Adm1n-pass"
@@ -122,3 +129,116 @@ def test_hashes_backend_errors_and_short_secrets_leak_nothing():
     # The two-letter secret is removed where it stands alone but does not mangle other words.
     assert {"SessionOpened", "LoginSucceeded", "ActionExecuted", "SessionClosed"} <= {r["event"] for r in records}
     assert not any(" xq " in line or '"xq"' in line for line in sink.lines)
+
+
+# -- the JSON audit trail's cached rendering (audit.py _JsonAuditLines) ---------------------------
+
+_NOW = "2026-01-01T00:00:00.000+00:00"
+_SECRETS = ("hunter2-secret", "s3cr3tpass", "ab")
+_TRUSTED = frozenset({"session", "remote_address", "action", "result", "duration_ms", "event", "level", "timestamp", "audit"})
+
+
+class _Color(str, enum.Enum):
+    RED = "hunter2-secret red"
+
+
+class _Level(enum.IntEnum):
+    HIGH = 3
+
+
+def _lines(monkeypatch, records, secrets=_SECRETS, later_secrets=()):
+    """Each record rendered by the cached path and by the processor chain: the pairs of lines."""
+    monkeypatch.setattr(audit._LevelTimeAndException, "timestamp", lambda self: _NOW)
+    redactor = Redactor(secrets)
+    fast_sink, chain_sink = MemorySink(), MemorySink()
+    fast = audit.make_audit_logger(fast_sink, redactor=redactor)
+    chain = audit.make_audit_logger(chain_sink, redactor=redactor)
+    chain._json = None
+    for number, (event, fields, about) in enumerate(records):
+        if later_secrets and number == len(records) // 2:
+            redactor.add_secrets(later_secrets)
+        fast.record(event, copy.deepcopy(fields), about)
+        chain.record(event, copy.deepcopy(fields), about)
+    return list(zip(fast_sink.lines, chain_sink.lines))
+
+
+def _who(username="alice"):
+    return audit.AuditFields(session="0x0123456789ab", remote_address="IPV4/TCP/127.0.0.1/5000", username=username)
+
+
+def test_cached_audit_lines_equal_the_processor_chain_a_3_16(monkeypatch):
+    """A-3.16: the cached JSON path writes exactly the chain's line, scrubbing included, whatever the fields."""
+    who = _who()
+    records = [
+        ("ActionExecuted", {"action": "Ping", "action_id": "q1", "result": "Success", "message": None,
+                            "duration_ms": 0.012, TRUSTED_FIELDS_KEY: _TRUSTED}, who),
+        ("ActionExecuted", {"action": "Ping", "action_id": "id hunter2-secret", "result": "Success",
+                            "message": "Secret: s3cr3tpass", "duration_ms": 1.5, TRUSTED_FIELDS_KEY: _TRUSTED}, who),
+        ("LoginFailed", {"reason": "bad", "secret": "anything", "Key": "k", "password": 7,
+                         TRUSTED_FIELDS_KEY: _TRUSTED}, _who("hunter2-secret")),
+        ("Odd", {"n": 3, "big": 10 ** 30, "f": float("nan"), "inf": float("inf"), "ninf": float("-inf"),
+                 "yes": True, "no": False, "none": None, "enum": _Color.RED, "lvl": 1,
+                 TRUSTED_FIELDS_KEY: _TRUSTED}, None),
+        ("Nested", {"list": ["a", "hunter2-secret", ("Secret", "x")], "dict": {"key": "v", "x": "ab cd"},
+                    "pair": ("Key", "v"), "bytes": b"raw", "int_enum": _Level.HIGH, "ok": "ab", "word": "lab",
+                    TRUSTED_FIELDS_KEY: _TRUSTED}, who),
+        ("Trusted", {"action": "hunter2-secret", "session": "x", TRUSTED_FIELDS_KEY: _TRUSTED}, None),
+        ("NoTrust", {"a": "monkey key=abc", "b": "q\"uote\\ \u00e9 \u2603 100%s"}, None),
+        ("ListTrusted", {"action": "x", "q": "s3cr3tpass", TRUSTED_FIELDS_KEY: ["action"]}, who),
+        ("Empty", {}, None),
+        ("EmptyAbout", {"x": 1}, audit.AuditFields()),
+        ("Overlap", {"username": "bob", TRUSTED_FIELDS_KEY: _TRUSTED}, who),  # a field also in ``about``
+        ("Reserved", {"timestamp": "mine", "event": "other", TRUSTED_FIELDS_KEY: _TRUSTED}, None),
+        ("Nam%e \"q\"", {"na%sme": "v", "\u00fc": "w", TRUSTED_FIELDS_KEY: _TRUSTED}, who),
+        ("hunter2-secret event", {"x": 1}, None),
+    ]
+    pairs = _lines(monkeypatch, records * 2)  # the second round renders from the caches
+    assert len(pairs) == len(records) * 2
+    for fast_line, chain_line in pairs:
+        assert fast_line == chain_line
+        if json.loads(fast_line)["event"] != "Trusted":  # a trusted field is written as it is
+            assert "hunter2-secret" not in fast_line and "s3cr3tpass" not in fast_line
+    # "key=..." in free text is scrubbed though the value is no configured secret.
+    assert json.loads(pairs[6][0])["a"] == "monkey key=[redacted]"
+    # Reserved names are kept as the chain keeps them (the chain's own values win).
+    assert json.loads(pairs[11][0])["event"] == "Reserved"
+
+
+def test_cached_audit_lines_follow_new_secrets(monkeypatch):
+    """A secret added by a reload is scrubbed from cached parts too (context, ``about``, shapes)."""
+    who = _who("newpass-1234")
+    records = [("ActionExecuted", {"action": "Ping", "action_id": "newpass-1234", TRUSTED_FIELDS_KEY: _TRUSTED}, who)] * 4
+    records += [("newpass-1234", {"x": "newpass-1234"}, None)] * 2
+    pairs = _lines(monkeypatch, records, later_secrets=("newpass-1234",))
+    assert all(fast == chain for fast, chain in pairs)
+    assert "newpass-1234" in pairs[0][0]  # not yet a secret
+    assert all("newpass-1234" not in fast for fast, _ in pairs[3:])
+
+
+@settings(max_examples=200, deadline=None)
+@given(fields=st.dictionaries(
+    st.sampled_from(["action", "action_id", "message", "secret", "Key", "user", "n", "x y", "%s"]),
+    st.one_of(
+        st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
+        st.sampled_from(["hunter2-secret", "a hunter2-secret b", "Secret: zz", "ab", "ab!", "lab", "key=v"]),
+        st.text(max_size=12), st.lists(st.sampled_from(["ab", "x", "hunter2-secret"]), max_size=3),
+    ),
+    max_size=6,
+), trusted=st.sets(st.sampled_from(["action", "message", "n", "event", "level", "timestamp", "audit"])),
+   with_about=st.booleans())
+def test_cached_audit_lines_equal_the_chain_for_any_fields(fields, trusted, with_about):
+    fields = {**fields, TRUSTED_FIELDS_KEY: frozenset(trusted)}
+    about = _who("ab") if with_about else None
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for fast_line, chain_line in _lines(monkeypatch, [("Rec", fields, about)] * 2):
+            assert fast_line == chain_line
+
+
+def test_many_secrets_are_found_with_one_scan():
+    """Past FEW_SECRETS the redactor looks for all secrets with one regex; every one is still scrubbed."""
+    secrets = [f"pw-number-{i:03d}" for i in range(Redactor.FEW_SECRETS * 3)]
+    redactor = Redactor(secrets)
+    for secret in secrets:
+        assert redactor.suspicious(f"x {secret} y")
+        assert secret not in redactor(None, "info", {"v": f"x {secret} y"})["v"]
+    assert not redactor.suspicious("nothing to see")
