@@ -194,6 +194,19 @@ class Parser:
         if pos == len(buf):
             return None  # everything received has been consumed
         if not self._lines and not self._too_long and not self._too_many:
+            end = buf.find(b"\r\n\r\n", pos, pos + _FAST_MAX_BYTES)
+            if end == len(buf) - 4 and end > pos:
+                # Exactly one message buffered (one request per read, the common case).
+                # ``end`` is the first blank line, so the message holds none.
+                run = buf[pos:end]
+                if (
+                    run.count(b"\n") == run.count(b"\r\n") and b"\x00" not in run and not run.startswith(b"\r\n")
+                    and (end - pos < MAX_LINE - 2 or max(map(len, run.split(b"\r\n"))) < MAX_LINE - 2)
+                ):
+                    lines = run.decode("utf-8", "surrogateescape").split("\r\n")
+                    if len(lines) <= MAX_LINES:
+                        self._pos = end + 4
+                        return Message(lines)
             end = buf.rfind(b"\r\n\r\n", pos, pos + _AHEAD_BYTES)
             if end <= pos:
                 end = buf.find(b"\r\n\r\n", pos, pos + _FAST_MAX_BYTES)

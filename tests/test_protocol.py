@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from ami_server.protocol import (
@@ -201,6 +202,26 @@ def test_one_step_parsing_gives_the_line_by_line_messages(data, cuts):
         expected.extend(reference.messages())
         assert fast.has_input == reference.has_input
     assert _summary(got) == _summary(expected)
+
+
+@pytest.mark.parametrize("message", [
+    b"Action: Ping\r\nActionID: 1\r\n\r\n",
+    b"\r\nAction: Ping\r\n\r\n",  # a blank line first: an empty message (P-1.8)
+    b"Action: Ping\nActionID: 1\r\n\r\n",  # bare LF ends a line too (P-1.4)
+    b"Action: Ping\r\nA\rB: x\r\n\r\n",  # lone CR kept in a line
+    b"Action: P\x00ing\r\n\r\n",  # NUL
+    # Lines about the line limit (P-1.6), the longest kept and the shortest cut:
+    *[b"Action: Ping\r\nX: " + b"v" * (length - 3) + b"\r\n\r\n" for length in range(1019, 1025)],
+    b"\r\n".join([b"H: v"] * 128) + b"\r\n\r\n",  # the most lines a message keeps
+    b"\r\n".join([b"H: v"] * 129) + b"\r\n\r\n",  # one line too many (P-1.9)
+])
+def test_one_buffered_message_parses_as_line_by_line(message):
+    """P-1.4 to P-1.10: a read holding exactly one message takes its own short path; same messages."""
+    fast, reference = Parser(), _LineParser()
+    fast.feed(message)
+    reference.feed(message)
+    assert _summary(fast.messages()) == _summary(reference.messages())
+    assert not fast.has_input
 
 
 def test_pipelined_messages_stay_unconsumed_until_taken_p_1_18():
