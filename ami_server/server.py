@@ -12,6 +12,7 @@ import functools
 import socket
 import ssl
 import sys
+import threading
 import time
 import traceback
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -135,7 +136,7 @@ class _SessionBackend(ActionRun):
             raise RuntimeError(f"ActionContext.{what}() may only be called on the event loop, not in a blocking handler")
 
     def publish(self, event: Event) -> None:
-        self.server.publish(event)
+        self.server._publish(event, None)
 
     def make_log(self) -> Any:
         plugin = self.entry.plugin if self.entry is not None else "core"
@@ -662,7 +663,7 @@ class Server:
         """The connection is a session now (after the TLS handshake): hooks, audit, banner."""
         session.opened = True
         self.audit("SessionOpened", self._who(session))
-        if self._hooks.get("on_session_open"):
+        if self._has_impls("on_session_open"):
             self._call_hook("on_session_open", session=session.info())
         self._write(session, f"Asterisk Call Manager/{self.settings.ami_version}\r\n".encode())
 
@@ -713,11 +714,11 @@ class Server:
         if session.handshaking:
             self._handshake(session)
             return
-        if mask & selectors.EVENT_WRITE:
+        if mask & _WRITE:
             self._send(session)
             if session.closed:
                 return
-        if mask & selectors.EVENT_READ:
+        if mask & _READ:
             self._receive(session)
 
     def _receive(self, session: Session) -> None:
@@ -782,6 +783,8 @@ class Server:
             dispatch(session, message)
         if session.closed:
             return
+        if exhausted and session.selector_events == _READ and not session.eof and not session.blocked:
+            return  # still reading, nothing buffered: the interest stands
         if session.eof and exhausted:
             # P-1.17: every complete message was answered; a partial one is dropped.
             self._close_after_flush(session, "peer closed")
@@ -891,7 +894,7 @@ class Server:
             "SessionClosed", self._who(session), reason=reason,
             duration=round(time.time() - session.opened_at, 3),
         )
-        if self._hooks.get("on_session_close"):
+        if self._has_impls("on_session_close"):
             self._call_hook("on_session_close", session=session.info(), reason=reason)
 
     # -------------------------------------------------------------- dispatch
@@ -1304,7 +1307,8 @@ class Server:
         self._publish(event, None)
 
     def _publish(self, event: Event, audit_fields: Optional[AuditFields]) -> None:
-        if not self.loop.in_loop_thread():
+        loop_thread = self.loop.thread_id
+        if loop_thread is not None and loop_thread != threading.get_ident():
             self.loop.call_soon_threadsafe(lambda: self._publish(event, audit_fields))
             return
         if not isinstance(event, Event):
@@ -1341,24 +1345,24 @@ class Server:
             fields = {**dict(event.headers), TRUSTED_FIELDS_KEY: _TRUSTED_SECURITY_FIELDS}
             self._audit_log.record(event.name, fields, audit_fields)
         hook = self._hooks.get("on_event")
-        if hook:
+        if hook is not None and hook.impls:
             hook.call(self._hook_error("on_event"), event=event)
 
     def _render_event(self, event: Event) -> bytes:
         privilege = self._privilege_cache.get(event.classes)
         if privilege is None:
             privilege = self._privilege_cache[event.classes] = format_privilege(event.classes)
-        lines = [f"Event: {event.name}\r\nPrivilege: {privilege}\r\n"]
+        head = f"Event: {event.name}\r\nPrivilege: {privilege}\r\n"
         if self.settings.timestamp_events:
-            lines.append(f"Timestamp: {time.time():.6f}\r\n")
+            head += f"Timestamp: {time.time():.6f}\r\n"
         if self.settings.system_name:
-            lines.append(f"SystemName: {self.settings.system_name}\r\n")
-        for name, value in event.headers:
-            if "\r" in value or "\n" in value:
-                value = clean(value)
-            lines.append(f"{name}: {value}\r\n")
-        lines.append("\r\n")
-        return encode("".join(lines))
+            head += f"SystemName: {self.settings.system_name}\r\n"
+        headers = event.headers
+        body = "".join([f"{name}: {value}\r\n" for name, value in headers])
+        if body.count("\n") != len(headers) or body.count("\r") != len(headers):
+            # A value holds a CR or LF: cleaned (names are checked tokens).
+            body = "".join([f"{name}: {clean(value)}\r\n" for name, value in headers])
+        return encode(head + body + "\r\n")
 
     def _deliver(self, session: Session, data: bytes) -> None:
         """Append to the output buffer, or to the pending list while an action runs (Q-7.4)."""
@@ -1428,6 +1432,10 @@ class Server:
         if username is not None and username != who["username"]:
             return AuditFields(who, username=username)
         return who
+
+    def _has_impls(self, name: str) -> bool:
+        hook = self._hooks.get(name)
+        return hook is not None and bool(hook.impls)
 
     def _call_hook(self, name: str, **kwargs: Any) -> None:
         hook = self._hooks.get(name)

@@ -245,6 +245,19 @@ def test_publish_from_another_thread_q_7_1():
         assert event.raw == b"Event: Outside\r\nPrivilege: call,all\r\nSource: thread\r\n\r\n"
 
 
+def test_event_values_cannot_forge_lines_p_1_20():
+    """P-1.20: a CR or LF inside a published value becomes a space; the event keeps its lines."""
+    recorder = Recorder()
+    with running_server(config(), extra_plugins=[("recorder", recorder)]) as srv, srv.client() as c:
+        c.login("admin", "adminpass")
+        recorder.server.publish(Event("Forge", "call", [("A", "x\r\nEvent: Fake"), ("B", "y\rz"), ("C", "w\n")]))
+        event = c.wait_event("Forge")
+        assert event.raw == b"Event: Forge\r\nPrivilege: call,all\r\nA: x  Event: Fake\r\nB: y z\r\nC: w \r\n\r\n"
+        # A lone CR typed into a UserEvent header (kept inside the line, P-1.4) is cleaned on the way out.
+        c.send_raw(b"Action: UserEvent\r\nUserEvent: Mine\r\nNote: a\rb\r\n\r\n")
+        assert c.wait_event("UserEvent")["Note"] == "a b"
+
+
 def test_event_headers_timestamp_and_system_name_q_7_2():
     cfg = config(timestamp_events=True, system_name="pbx-1")
     with running_server(cfg) as srv, srv.client() as c:
