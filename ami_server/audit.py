@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, TextIO, Tuple
 import structlog
 
 __all__ = [
-    "AuditFields", "AuditLogger", "LogSink", "StreamSink", "MemorySink", "make_audit_logger", "make_logger", "Redactor", "REDACTED",
+    "AuditFields", "AuditLogger", "RecordKind", "LogSink", "StreamSink", "MemorySink", "make_audit_logger", "make_logger", "Redactor", "REDACTED",
 ]
 
 REDACTED = "[redacted]"
@@ -355,16 +355,45 @@ _escape = json.encoder.encode_basestring_ascii
 _INFINITIES = (float("inf"), float("-inf"))
 
 
+class RecordKind:
+    """An audit record written often: its event, field names and trusted names, declared once.
+
+    :meth:`AuditLogger.write` takes the values in the order of ``names``; no
+    dict is built per record, and the JSON trail finds the compiled template
+    by this object. Trusted fields are written as they are; all others are
+    scrubbed (A-3.16).
+    """
+
+    __slots__ = ("event", "names", "trusted")
+
+    def __init__(self, event: str, names: Iterable[str], trusted: Iterable[str]) -> None:
+        self.event = event
+        self.names: Tuple[str, ...] = tuple(names)
+        self.trusted = frozenset(trusted)
+
+    def fields(self, values: Iterable[Any]) -> Dict[str, Any]:
+        """The record as a dict of fields, as :meth:`AuditLogger.record` takes it."""
+        fields = dict(zip(self.names, values))
+        fields[TRUSTED_FIELDS_KEY] = self.trusted
+        return fields
+
+
 class _Shape:
-    """A compiled record shape: its event, field names and trusted names, as a ``%`` template."""
+    """A compiled record shape: one ``%`` template with the rendered names, context and event."""
 
-    __slots__ = ("template", "untrusted", "timestamp_untrusted")
+    __slots__ = ("template", "untrusted", "timestamp_untrusted", "names", "trusted", "generation")
 
-    def __init__(self, template: str, untrusted: Tuple[int, ...], timestamp_untrusted: bool) -> None:
+    def __init__(
+        self, template: str, untrusted: Tuple[int, ...], timestamp_untrusted: bool,
+        names: Tuple[str, ...], trusted: Any, generation: int,
+    ) -> None:
         self.template = template
         #: Per field, in order: 0 trusted, 1 scrubbed, 2 a sensitive name (always redacted).
         self.untrusted = untrusted
         self.timestamp_untrusted = timestamp_untrusted
+        self.names = names
+        self.trusted = trusted
+        self.generation = generation
 
 
 class _JsonAuditLines:
@@ -373,9 +402,9 @@ class _JsonAuditLines:
     Server records come in a few shapes (event, field names, trusted names);
     each shape is compiled once into a template holding the rendered names,
     the bound context and the event, and each :class:`AuditFields` is
-    rendered once per shape of trust. What is left per record is scrubbing
-    and escaping its values. The line equals the chain's byte for byte (a
-    test compares them); anything unusual goes to the chain.
+    rendered once per set of trusted names. What is left per record is
+    scrubbing and escaping its values. The line equals the chain's byte for
+    byte (a test compares them); anything unusual goes to the chain.
     """
 
     #: Shapes kept; the server writes a few dozen.
@@ -386,8 +415,7 @@ class _JsonAuditLines:
         self._redactor = redactor
         self._stamp = stamp
         self._encode = _json_encoder()
-        self._shapes: Dict[Any, Optional[_Shape]] = {}
-        self._generation = redactor.generation
+        self._shapes: Dict[Any, Tuple[int, Optional[_Shape]]] = {}
 
     def _members(self, fields: Dict[str, Any], trusted: Any) -> str:
         """Scrubbed JSON members of ``fields`` (no braces); ``fields`` is consumed."""
@@ -417,41 +445,55 @@ class _JsonAuditLines:
         event_text = self._members({"event": event}, trusted).replace("%", "%%")
         level_text = self._members({"level": "info"}, trusted).replace("%", "%%")
         parts.extend((event_text, level_text, '"timestamp": %s'))
-        return _Shape("{" + ", ".join(parts) + "}", tuple(untrusted), "timestamp" not in trusted)
+        return _Shape(
+            "{" + ", ".join(parts) + "}", tuple(untrusted), "timestamp" not in trusted,
+            names, trusted, self._redactor.generation,
+        )
+
+    def _shape(self, key: Any, event: str, names: Tuple[str, ...], trusted: Any, with_about: bool) -> Optional[_Shape]:
+        """The compiled shape under ``key`` (``None``: the chain renders such records)."""
+        shapes = self._shapes
+        entry = shapes.get(key)
+        generation = self._redactor.generation
+        if entry is None or entry[0] != generation:
+            if entry is None and len(shapes) >= self.SHAPES_KEPT:
+                shapes.clear()
+            entry = shapes[key] = (generation, self._compile(event, names, trusted, with_about))
+        return entry[1]
 
     def __call__(self, event: str, fields: Dict[str, Any], about: Optional[AuditFields]) -> Optional[str]:
-        """The line, or ``None`` where only the chain renders it."""
-        redactor = self._redactor
-        if redactor.generation != self._generation:
-            self._shapes.clear()  # the secrets changed: names and events are scrubbed anew
-            self._generation = redactor.generation
+        """The line for a record given as a dict, or ``None`` where only the chain renders it."""
         trusted = fields.pop(TRUSTED_FIELDS_KEY, ())
         if trusted.__class__ is not frozenset and trusted.__class__ is not tuple:
             trusted = frozenset(trusted)
         names = tuple(fields)
-        key = (event, names, trusted, bool(about))
-        shapes = self._shapes
-        try:
-            shape = shapes[key]
-        except KeyError:
-            if len(shapes) >= self.SHAPES_KEPT:
-                shapes.clear()
-            shape = shapes[key] = self._compile(event, names, trusted, bool(about))
-        if shape is None:
+        with_about = bool(about)
+        shape = self._shape((event, names, trusted, with_about), event, names, trusted, with_about)
+        line = None if shape is None else self.render(shape, about, fields.values())
+        if line is None:
             fields[TRUSTED_FIELDS_KEY] = trusted
-            return None
-        values: List[str] = []
-        append = values.append
+        return line
+
+    def write(self, kind: RecordKind, about: Optional[AuditFields], values: Any) -> Optional[str]:
+        """The line for a record of ``kind``, or ``None`` where only the chain renders it."""
+        with_about = bool(about)
+        shape = self._shape((kind, with_about), kind.event, kind.names, kind.trusted, with_about)
+        return None if shape is None else self.render(shape, about, values)
+
+    def render(self, shape: _Shape, about: Optional[AuditFields], values: Iterable[Any]) -> Optional[str]:
+        redactor = self._redactor
+        out: List[str] = []
+        append = out.append
         if about:
-            if not about.keys().isdisjoint(names) or not about.keys().isdisjoint(self._context):
-                fields[TRUSTED_FIELDS_KEY] = trusted
+            if not about.keys().isdisjoint(shape.names) or not about.keys().isdisjoint(self._context):
                 return None
+            trusted = shape.trusted
             cached = about.rendered.get(trusted)
-            if cached is None or cached[0] != self._generation:
-                cached = about.rendered[trusted] = (self._generation, self._members(dict(about), trusted))
+            if cached is None or cached[0] != shape.generation:
+                cached = about.rendered[trusted] = (shape.generation, self._members(dict(about), trusted))
             append(cached[1])
         suspicious = redactor.suspicious
-        for value, untrusted in zip(fields.values(), shape.untrusted):
+        for value, untrusted in zip(values, shape.untrusted):
             kind = value.__class__
             if untrusted:
                 if untrusted == 2:
@@ -480,7 +522,7 @@ class _JsonAuditLines:
         if shape.timestamp_untrusted and suspicious(stamp):
             stamp = redactor._scrub_text(stamp)
         append(_escape(stamp))
-        return shape.template % tuple(values)
+        return shape.template % tuple(out)
 
 
 class AuditLogger(structlog.BoundLoggerBase):
@@ -497,7 +539,7 @@ class AuditLogger(structlog.BoundLoggerBase):
     def record(self, event: str, fields: Dict[str, Any], about: Optional[AuditFields] = None) -> None:
         """Write one record: the bound context, ``about``, ``fields``, then ``event``.
 
-        The chain ends in a renderer (a string); ``fields`` may be consumed.
+        ``fields`` may be consumed.
         """
         if not self.enabled:
             return
@@ -506,6 +548,20 @@ class AuditLogger(structlog.BoundLoggerBase):
             if line is not None:
                 self._logger.info(line)
                 return
+        self._through_chain(event, fields, about)
+
+    def write(self, kind: RecordKind, about: Optional[AuditFields], values: Any) -> None:
+        """Write a record of ``kind``: ``about``, then ``values`` in the order of ``kind.names``."""
+        if not self.enabled:
+            return
+        if self._json is not None:
+            line = self._json.write(kind, about, values)
+            if line is not None:
+                self._logger.info(line)
+                return
+        self._through_chain(kind.event, kind.fields(values), about)
+
+    def _through_chain(self, event: str, fields: Dict[str, Any], about: Optional[AuditFields]) -> None:
         event_dict: Any = {**self._context, **about, **fields} if about else {**self._context, **fields}
         event_dict["event"] = event
         logger = self._logger

@@ -40,6 +40,7 @@ from .audit import (
     REDACTED,
     TRUSTED_FIELDS_KEY,
     AuditFields,
+    RecordKind,
     LogSink,
     Redactor,
     StreamSink,
@@ -100,6 +101,10 @@ _TRUSTED_AUDIT_FIELDS = frozenset({
 })
 #: ActionExecuted: ``action`` is the registered name, not text a client typed.
 _TRUSTED_EXECUTED_FIELDS = _TRUSTED_AUDIT_FIELDS | {"action"}
+#: One per answered action: the hottest record.
+_EXECUTED = RecordKind(
+    "ActionExecuted", ("action", "action_id", "result", "message", "duration_ms"), _TRUSTED_EXECUTED_FIELDS
+)
 #: Security-event records: the server-made headers of A-3.14 (AccountID,
 #: RequestType and the like quote the client and are scrubbed).
 _TRUSTED_SECURITY_FIELDS = _TRUSTED_AUDIT_FIELDS | {
@@ -158,6 +163,7 @@ class _SessionBackend(ActionRun):
 
     def set_event_mask(self, mask: int) -> None:
         self._on_loop("set_event_mask")
+        self.server._settle()
         self.session.mask = mask
         self.session.changed()
 
@@ -172,6 +178,7 @@ class _SessionBackend(ActionRun):
 
     def add_event_filter(self, pattern: Any, include: bool) -> None:
         self._on_loop("add_event_filter")
+        self.server._settle()
         filters = self.session.filters
         if filters is None:
             filters = self.session.filters = EventFilters()
@@ -275,6 +282,12 @@ class Server:
         self.shutting_down = False
         self._core_plugins: Dict[str, Any] = {}
         self._dirty: List[Session] = []
+        #: Events published and not yet delivered, as (classes, bytes), and the union of their classes.
+        #: Delivery is deferred to the end of the loop turn -- or to the moment a session that
+        #: receives them writes, starts or ends an action, or changes (see _settle) -- so that a
+        #: burst of events reaches each recipient as one append (Q-7.2 to Q-7.4).
+        self._broadcast: List[Tuple[int, bytes]] = []
+        self._broadcast_classes = 0
         self._stopping = False
         self._running = False
         self._privilege_cache: Dict[int, str] = {}
@@ -555,6 +568,7 @@ class Server:
                 self._close(session, "revoked")
                 revoked += 1
             elif (session.read, session.write) != (after.read, after.write):
+                self._settle()
                 session.read, session.write = after.read, after.write
                 session.changed()
                 updated += 1
@@ -810,12 +824,16 @@ class Server:
     def _write(self, session: Session, data: bytes) -> None:
         if session.closed:
             return
+        if self._broadcast and session.receives & self._broadcast_classes:
+            self._flush_broadcast()  # events published earlier go first
         if not session.out:
             self._dirty.append(session)
         session.out += data
 
     def _flush_dirty(self) -> None:
-        while self._dirty:
+        while self._dirty or self._broadcast:
+            if self._broadcast:
+                self._flush_broadcast()
             dirty, self._dirty = self._dirty, []
             for session in dirty:
                 if not session.closed:
@@ -846,6 +864,7 @@ class Server:
             self._process_input(session)
 
     def _close_after_flush(self, session: Session, reason: str) -> None:
+        self._settle()  # what was published before goes out before the close
         session.state = CLOSING
         session.close_after_flush = True
         session.close_reason = reason
@@ -922,6 +941,7 @@ class Server:
                 username = message.get("Username") or ""
                 if username and self._login_in_use(username):
                     run = ActionRun(name, action_id, time.monotonic(), None, True)
+                    self._settle()
                     session.current = run
                     self._security(session, "SessionLimit", account=username)
                     failed = self._fail_later(session, run, "Login Already In Use", "login in use")
@@ -942,6 +962,8 @@ class Server:
         run = _SessionBackend(action.name, action_id, time.monotonic() if audit else 0.0, entry, audit)
         run.server = self
         run.session = session
+        if self._broadcast and session.receives & self._broadcast_classes:
+            self._flush_broadcast()  # events published before this action are not held back (Q-7.4)
         session.current = run
         context = ActionContext(message, session.info(), run, entry.config)
         if action.blocking:
@@ -1045,6 +1067,8 @@ class Server:
 
     def _finish(self, session: Session, run: ActionRun, response: Response) -> None:
         """Write a complete reply, then the events queued meanwhile (R-2.9, R-2.10)."""
+        if self._broadcast and session.receives & self._broadcast_classes:
+            self._flush_broadcast()  # events published while it ran are queued behind the reply
         if run.timer is not None:
             run.timer.cancel()
         action_id = run.action_id
@@ -1098,11 +1122,10 @@ class Server:
             self._close_after_flush(session, reason)
 
     def _audit_executed(self, session: Session, run: ActionRun, response: Response) -> None:
-        self._audit_log.record("ActionExecuted", {
-            "action": run.name, "action_id": run.action_id, "result": response.status,
-            "message": response.message, "duration_ms": round((time.monotonic() - run.started) * 1000, 3),
-            TRUSTED_FIELDS_KEY: _TRUSTED_EXECUTED_FIELDS,
-        }, self._who(session))
+        self._audit_log.write(_EXECUTED, self._who(session), (
+            run.name, run.action_id, response.status, response.message,
+            round((time.monotonic() - run.started) * 1000, 3),
+        ))
 
     def _deny(self, session: Session, name: str, action_id: str) -> None:
         self._security(session, "RequestNotAllowed", extra=(("RequestType", _cut(f"Action: {name}", 63)),))
@@ -1124,6 +1147,7 @@ class Server:
         self, session: Session, run: ActionRun, message: str, reason: str, deferred: Optional[Deferred] = None
     ) -> Deferred:
         """A-3.8: enter CLOSING now, answer ``message`` after the delay, then close."""
+        self._settle()
         session.state = CLOSING
         session.close_reason = reason
         session.changed()
@@ -1262,6 +1286,7 @@ class Server:
         self, session: Session, request: Message, decision: AuthDecision, backend: Optional[str], auth_type: str
     ) -> Response:
         """A-3.7: authenticate, publish SuccessfulAuth, answer, FullyBooted, pending events."""
+        self._settle()  # events published before this login are not for this session
         username = request.get("Username") or ""
         session.state = AUTHENTICATED
         session.username = username
@@ -1314,32 +1339,8 @@ class Server:
         if not isinstance(event, Event):
             raise TypeError(f"publish() takes an Event, not {type(event).__name__}")
         self.stats["events_published"] += 1
-        data = self._render_event(event)
-        classes = event.classes
-        text: Optional[str] = None
-        size = len(data)
-        limit = self.settings.output_queue_limit
-        dirty = self._dirty
-        others: List[Session] = []
-        # The hot loop: most recipients are idle between actions and well under
-        # their limit, so the bytes are appended in place (Q-7.2 to Q-7.4).
-        for session in self.authenticated.values():
-            if session.receives & classes != classes:
-                continue  # not its classes, or not (any more) authenticated
-            if session.filters is not None:
-                if text is None:
-                    text = data.decode("utf-8", "surrogateescape")
-                if not session.filters.passes(text):
-                    continue
-            out = session.out
-            if session.current is None and len(out) + size <= limit:
-                if not out:
-                    dirty.append(session)
-                out += data
-            else:
-                others.append(session)
-        for session in others:
-            self._deliver(session, data)
+        self._broadcast.append((event.classes, self._render_event(event)))
+        self._broadcast_classes |= event.classes
         if audit_fields is not None or event.name in _SECURITY_EVENT_NAMES:
             # A-3.16: every security event is an audit record too, received or not.
             fields = {**dict(event.headers), TRUSTED_FIELDS_KEY: _TRUSTED_SECURITY_FIELDS}
@@ -1347,6 +1348,54 @@ class Server:
         hook = self._hooks.get("on_event")
         if hook is not None and hook.impls:
             hook.call(self._hook_error("on_event"), event=event)
+
+    def _settle(self) -> None:
+        """Deliver deferred events before a session's state changes (state, classes, mask, filters)."""
+        if self._broadcast:
+            self._flush_broadcast()
+
+    def _flush_broadcast(self) -> None:
+        """Deliver the deferred events, in publication order, to every session that receives them.
+
+        The common recipient -- idle, no filters, receiving every class
+        published, well under its limit -- gets them all as one append; any
+        other takes them one by one exactly as :meth:`_deliver` decides.
+        """
+        while self._broadcast:
+            entries, self._broadcast = self._broadcast, []
+            union, self._broadcast_classes = self._broadcast_classes, 0
+            joined = entries[0][1] if len(entries) == 1 else b"".join([data for _, data in entries])
+            size = len(joined)
+            limit = self.settings.output_queue_limit
+            dirty = self._dirty
+            others: List[Session] = []
+            # The hot loop (Q-7.2 to Q-7.4).
+            for session in self.authenticated.values():
+                receives = session.receives
+                if not receives & union:
+                    continue  # none of its classes, or not (any more) authenticated
+                if receives & union == union and session.filters is None:
+                    out = session.out
+                    if session.current is None and len(out) + size <= limit:
+                        if not out:
+                            dirty.append(session)
+                        out += joined
+                        continue
+                others.append(session)
+            texts: Dict[int, str] = {}
+            for session in others:
+                for index, (classes, data) in enumerate(entries):
+                    if session.closed:
+                        break
+                    if session.receives & classes != classes:
+                        continue
+                    if session.filters is not None:
+                        text = texts.get(index)
+                        if text is None:
+                            text = texts[index] = data.decode("utf-8", "surrogateescape")
+                        if not session.filters.passes(text):
+                            continue
+                    self._deliver(session, data)
 
     def _render_event(self, event: Event) -> bytes:
         privilege = self._privilege_cache.get(event.classes)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import select
+import selectors
 import socket
 import threading
 import time
@@ -256,6 +258,149 @@ def test_event_values_cannot_forge_lines_p_1_20():
         # A lone CR typed into a UserEvent header (kept inside the line, P-1.4) is cleaned on the way out.
         c.send_raw(b"Action: UserEvent\r\nUserEvent: Mine\r\nNote: a\rb\r\n\r\n")
         assert c.wait_event("UserEvent")["Note"] == "a b"
+
+
+class Burst:
+    """A plugin action that publishes ``Count`` events in one go, classes alternating user, call, user+call."""
+
+    CLASSES = ("user", "call", ["user", "call"])
+
+    @hookimpl
+    def register_actions(self, server):
+        def burst(ctx):
+            tag = ctx.request.get("Tag") or ""
+            for number in range(int(ctx.request.get("Count") or "0")):
+                ctx.publish(Event("Seq", self.CLASSES[number % 3], [("Tag", tag), ("N", str(number))]))
+            return Response.success("Burst sent")
+
+        return [Action("Burst", burst, "Publish a burst of events.", "user")]
+
+
+def _blocks_until(client, predicate):
+    blocks = []
+    while True:
+        block = client.read_block()
+        blocks.append(block)
+        if predicate(block):
+            return blocks
+
+
+def test_bursts_reach_each_session_in_order_by_class_mask_and_filter_q_7_2_to_q_7_4():
+    """Q-7.2 to Q-7.4, R-2.10, B-5.6, B-5.13: however events are batched, each session sees exactly
+    the events its classes, mask and filters allow, in publication order, own events after its reply."""
+    with running_server(config(), extra_plugins=[("burst", Burst())]) as srv, \
+            srv.client() as everything, srv.client() as calls_only, srv.client() as filtered, \
+            srv.client() as publisher:
+        everything.login("admin", "adminpass")
+        calls_only.login("limited", "limitedpass")
+        filtered.login("admin", "adminpass")
+        assert filtered.action("Filter", {"Operation": "Add", "Filter": "!N: [02468]\r"})["Response"] == "Success"
+        publisher.login("admin", "adminpass", events="user")
+        # Pipelined: a burst, events off, a second burst, events back on, a third.
+        publisher.send_raw(
+            b"Action: Burst\r\nActionID: b1\r\nTag: one\r\nCount: 7\r\n\r\n"
+            b"Action: Events\r\nActionID: e1\r\nEventMask: off\r\n\r\n"
+            b"Action: Burst\r\nActionID: b2\r\nTag: two\r\nCount: 5\r\n\r\n"
+            b"Action: Events\r\nActionID: e2\r\nEventMask: user\r\n\r\n"
+            b"Action: Burst\r\nActionID: b3\r\nTag: three\r\nCount: 4\r\n\r\n"
+        )
+        published = [(tag, n) for tag, count in (("one", 7), ("two", 5), ("three", 4)) for n in range(count)]
+        user = {0}  # n % 3 of the events of class user alone (user+call needs call too)
+
+        def seen(blocks):
+            return [(b["Tag"], int(b["N"])) for b in blocks if b.get("Event") == "Seq"]
+
+        last = lambda b: b.get("Tag") == "three" and b.get("N") == "3"  # noqa: E731
+        assert seen(_blocks_until(everything, last)) == published
+        assert seen(_blocks_until(filtered, last)) == [
+            e for e in published if e[1] % 2
+        ]
+        assert seen(_blocks_until(calls_only, lambda b: b.get("Tag") == "three" and b.get("N") == "1")) == [
+            e for e in published if e[1] % 3 == 1
+        ]
+        stream = _blocks_until(publisher, lambda b: b.get("Tag") == "three" and b.get("N") == "3")
+        order = [b.get("ActionID") or (b["Tag"], int(b["N"])) for b in stream]
+        assert order == (
+            ["b1"] + [("one", n) for n in range(7) if n % 3 in user]
+            + ["e1", "b2", "e2", "b3"] + [("three", n) for n in range(4) if n % 3 in user]
+        )
+
+
+def test_events_published_earlier_in_a_loop_turn_come_first_q_7_4():
+    """Q-7.4, A-3.7: in one loop turn a burst is published (by a session with events off), then other
+    sessions are served. Their answers follow the burst -- an error, a reply -- and a session that
+    logs in after it gets none of it."""
+    from ami_server.audit import MemorySink
+    from ami_server.server import Server
+    from ami_server.testing import AMIClient
+
+    srv = Server(config(), log_sink=MemorySink(), entry_points=(), extra_plugins=[("burst", Burst())])
+    host, port = srv.start()
+
+    def serve_until(done, what):
+        deadline = time.monotonic() + 5
+        while not done():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            srv.run_once(0.01)
+
+    clients = []
+    try:
+        for _ in range(4):
+            holder = []
+            thread = threading.Thread(target=lambda: holder.append(AMIClient(host, port)))
+            thread.start()
+            serve_until(lambda: holder, "a banner")
+            thread.join(5)
+            clients.append(holder[0])
+        publisher, erring, pinging, late = clients
+        publisher.send("Login", [("Username", "admin"), ("Secret", "adminpass"), ("Events", "off")])
+        for client in (erring, pinging):
+            client.send("Login", [("Username", "admin"), ("Secret", "adminpass")])
+        serve_until(lambda: len(srv.authenticated) == 3, "three logins")
+        for client in (publisher, erring, pinging):
+            client.read_response()
+            client.events.clear()
+        by_client = {}
+        for session in list(srv.sessions.values()):
+            for client in clients:
+                if session.remote[1] == client.sock.getsockname()[1]:
+                    by_client[id(client)] = session
+
+        def one_turn(other, action, headers, action_id):
+            """The publisher's burst, then ``other``'s request, served in one loop turn."""
+            publisher.send("Burst", [("ActionID", "b"), ("Count", "3"), ("Tag", action_id)])
+            other.send(action, [*headers, ("ActionID", action_id)])
+            deadline = time.monotonic() + 5
+            for client in (publisher, other):  # both requests arrived before the turn is played
+                while not select.select([by_client[id(client)].sock], [], [], 0.01)[0]:
+                    assert time.monotonic() < deadline, "a request did not arrive"
+            by_client[id(publisher)].on_ready(selectors.EVENT_READ)
+            by_client[id(other)].on_ready(selectors.EVENT_READ)
+            srv._flush_dirty()
+            assert publisher.read_response().get("ActionID") == "b"
+            blocks = _blocks_until(other, lambda b: b.get("ActionID") == action_id)
+            return [b.get("ActionID") or (b.get("Event"), b.get("N")) for b in blocks
+                    if b.get("Event") is None or b.get("Tag") == action_id]  # this turn's burst only
+
+        burst = [("Seq", "0"), ("Seq", "1"), ("Seq", "2")]
+        assert one_turn(pinging, "Ping", [], "p") == burst + ["p"]
+        assert one_turn(erring, "NoSuchAction", [], "x") == burst + ["x"]
+        assert one_turn(late, "Login", [("Username", "admin"), ("Secret", "adminpass")], "l") == ["l"]
+        late.send("Ping", [("ActionID", "l2")])
+
+        def reply_arrived():
+            if select.select([late.sock], [], [], 0)[0]:
+                late.buffer += late.sock.recv(65536)
+            return b"ActionID: l2" in late.buffer
+
+        serve_until(reply_arrived, "the ping's reply")
+        later = _blocks_until(late, lambda b: b.get("ActionID") == "l2")
+        assert not [b for b in later if b.get("Event") == "Seq"]
+    finally:
+        for client in clients:
+            client.close()
+        srv.stop()
+        srv.serve_forever()
 
 
 def test_event_headers_timestamp_and_system_name_q_7_2():
