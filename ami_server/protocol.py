@@ -61,43 +61,38 @@ class Message:
     An empty message (a lone blank line, P-1.8) has no lines and ``empty`` set.
     """
 
-    __slots__ = ("lines", "error", "empty", "_pairs", "_action", "_action_id")
+    __slots__ = ("lines", "error", "empty", "_pairs", "action", "action_id")
 
     def __init__(self, lines: Sequence[str], error: Optional[str] = None) -> None:
         self.lines: Tuple[str, ...] = tuple(lines)
         self.error = error
         self.empty = not self.lines and error is None
-        self._pairs: Optional[Tuple[Tuple[str, str, str], ...]] = None
-        self._action = ""
-        self._action_id = ""
-
-    def _split(self) -> Tuple[Tuple[str, str, str], ...]:
         # (lower-cased name, name, value) for each line that has a colon (P-1.11);
-        # the routing headers are picked up on the way, as every request needs them.
-        if self._pairs is None:
-            pairs = []
-            action = ""
-            action_id: Optional[str] = None
-            for line in self.lines:
-                name, sep, value = line.partition(":")
-                if sep:
-                    lname = name.lower()
-                    value = value.lstrip(_LEADING_BLANKS)
-                    pairs.append((lname, name, value))
-                    if lname == "action":
-                        if not action:
-                            action = value
-                    elif lname == "actionid" and action_id is None:
-                        action_id = value
-            self._action = action
-            self._action_id = action_id or ""
-            self._pairs = tuple(pairs)
-        return self._pairs
+        # the routing headers are picked up on the way: every message is dispatched.
+        pairs = []
+        action = ""
+        action_id: Optional[str] = None
+        for line in self.lines:
+            name, sep, value = line.partition(":")
+            if sep:
+                lname = name.lower()
+                value = value.lstrip(_LEADING_BLANKS)
+                pairs.append((lname, name, value))
+                if lname == "action":
+                    if not action:
+                        action = value
+                elif lname == "actionid" and action_id is None:
+                    action_id = value
+        self._pairs: Tuple[Tuple[str, str, str], ...] = tuple(pairs)
+        #: The first non-empty ``Action`` value, or ``""`` when there is none (P-1.13).
+        self.action = action
+        #: The first ``ActionID`` value (``""`` when absent or empty, R-2.2).
+        self.action_id = action_id or ""
 
     def get(self, name: str, default: Optional[str] = None) -> Optional[str]:
         """The first header called ``name`` (ASCII case-insensitive), even if empty (P-1.13)."""
         key = name.lower()
-        for lname, _, value in self._pairs if self._pairs is not None else self._split():
+        for lname, _, value in self._pairs:
             if lname == key:
                 return value
         return default
@@ -105,25 +100,11 @@ class Message:
     def get_all(self, name: str) -> list[str]:
         """Every value of header ``name``, in order (repeated headers, P-1.14)."""
         key = name.lower()
-        return [value for lname, _, value in self._split() if lname == key]
+        return [value for lname, _, value in self._pairs if lname == key]
 
     def headers(self) -> list[Tuple[str, str]]:
         """``(name, value)`` for every stored line that has a colon, in order."""
-        return [(name, value) for _, name, value in (self._pairs if self._pairs is not None else self._split())]
-
-    @property
-    def action(self) -> str:
-        """The first non-empty ``Action`` value, or ``""`` when there is none (P-1.13)."""
-        if self._pairs is None:
-            self._split()
-        return self._action
-
-    @property
-    def action_id(self) -> str:
-        """The first ``ActionID`` value (``""`` when absent or empty, R-2.2)."""
-        if self._pairs is None:
-            self._split()
-        return self._action_id
+        return [(name, value) for _, name, value in self._pairs]
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return f"Message({list(self.lines)!r}, error={self.error!r})"

@@ -965,7 +965,8 @@ class Server:
         if self._broadcast and session.receives & self._broadcast_classes:
             self._flush_broadcast()  # events published before this action are not held back
         session.current = run
-        context = ActionContext(message, session.info(), run, entry.config)
+        info = session._info
+        context = ActionContext(message, session.info() if info is None else info, run, entry.config)
         if action.blocking:
             self._run_blocking(session, run, action, context)
             return

@@ -6,7 +6,7 @@ from ami_server import Action, Response, hookimpl
 
 
 def ping(ctx):
-    return Response.success(headers=(("Ping", "Pong"), ("Timestamp", f"{time.time():.6f}")))
+    return Response("Success", None, (("Ping", "Pong"), ("Timestamp", f"{time.time():.6f}")))
 
 
 @hookimpl
