@@ -333,19 +333,21 @@ class _LevelTimeAndException:
 
 
 class AuditFields(dict):
-    """Fields that many audit records repeat (who a session is), kept with their rendered text.
+    """Fields that many audit records repeat (who a session is), with the names among them to trust.
 
-    The JSON audit trail renders and scrubs these once per set of trusted
-    field names and secrets, not once per record. Treat one as frozen once it
-    was logged: a change makes a new one.
+    These fields are scrubbed by their own ``trusted`` names, whatever the
+    record they join, so the JSON audit trail renders them once (per set of
+    secrets), not once per record. Treat one as frozen once it was logged: a
+    change makes a new one.
     """
 
-    __slots__ = ("rendered",)
+    __slots__ = ("trusted", "rendered")
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        #: Trusted field names -> (redactor generation, JSON members without braces).
-        self.rendered: Dict[Any, Tuple[int, str]] = {}
+    def __init__(self, fields: Any = (), trusted: Iterable[str] = ()) -> None:
+        super().__init__(fields)
+        self.trusted = frozenset(trusted)
+        #: (redactor generation, JSON members without braces), made on first use.
+        self.rendered: Optional[Tuple[int, str]] = None
 
 
 #: Fields the renderer adds to every record; a record that brings its own takes the processor chain.
@@ -487,10 +489,9 @@ class _JsonAuditLines:
         if about:
             if not about.keys().isdisjoint(shape.names) or not about.keys().isdisjoint(self._context):
                 return None
-            trusted = shape.trusted
-            cached = about.rendered.get(trusted)
+            cached = about.rendered
             if cached is None or cached[0] != shape.generation:
-                cached = about.rendered[trusted] = (shape.generation, self._members(dict(about), trusted))
+                cached = about.rendered = (shape.generation, self._members(dict(about), about.trusted))
             append(cached[1])
         suspicious = redactor.suspicious
         for value, untrusted in zip(values, shape.untrusted):
@@ -562,7 +563,17 @@ class AuditLogger(structlog.BoundLoggerBase):
         self._through_chain(kind.event, kind.fields(values), about)
 
     def _through_chain(self, event: str, fields: Dict[str, Any], about: Optional[AuditFields]) -> None:
-        event_dict: Any = {**self._context, **about, **fields} if about else {**self._context, **fields}
+        if about:
+            # ``about`` is scrubbed by its own trusted names; a field of the record
+            # with the same name replaces it and is scrubbed by the record's.
+            redactor = next(p for p in self._processors if isinstance(p, Redactor))
+            shown = redactor(None, "info", {**about, TRUSTED_FIELDS_KEY: about.trusted})
+            for name in fields.keys() & shown.keys():
+                del shown[name]
+            fields[TRUSTED_FIELDS_KEY] = frozenset(fields.get(TRUSTED_FIELDS_KEY, ())) | shown.keys()
+            event_dict: Any = {**self._context, **shown, **fields}
+        else:
+            event_dict = {**self._context, **fields}
         event_dict["event"] = event
         logger = self._logger
         try:

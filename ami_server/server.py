@@ -99,6 +99,8 @@ _TRUSTED_AUDIT_FIELDS = frozenset({
     "event", "audit", "level", "timestamp", "session", "remote_address", "local_address", "remote_ip", "tls",
     "result", "duration_ms", "duration", "limit", "buffered", "timeout", "auth_type", "backend",
 })
+#: The fields about a session that the server made (the username is what a client typed).
+_TRUSTED_WHO_FIELDS = frozenset({"session", "remote_address", "local_address", "remote_ip", "tls"})
 #: ActionExecuted: ``action`` is the registered name, not text a client typed.
 _TRUSTED_EXECUTED_FIELDS = _TRUSTED_AUDIT_FIELDS | {"action"}
 #: One per answered action: the hottest record.
@@ -1470,7 +1472,7 @@ class Server:
     def _who(session: Session, username: Optional[str] = None) -> AuditFields:
         """The fields every audit record about a session carries (kept until the session changes)."""
         who = session.who
-        if who is None:
+        if who is None or who["username"] != session.username:
             who = session.who = AuditFields({
                 "session": session.session_id,
                 "remote_address": session.remote_address,
@@ -1478,9 +1480,9 @@ class Server:
                 "remote_ip": session.peer_ip,
                 "tls": session.transport == "TLS",
                 "username": session.username,
-            })
+            }, _TRUSTED_WHO_FIELDS)
         if username is not None and username != who["username"]:
-            return AuditFields(who, username=username)
+            return AuditFields({**who, "username": username}, _TRUSTED_WHO_FIELDS)
         return who
 
     def _has_impls(self, name: str) -> bool:

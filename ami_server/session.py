@@ -125,7 +125,7 @@ class Session:
         self.resume_pending = False
         #: Dispatching stopped because the output was over its limit (Q-7.7).
         self.output_paused = False
-        #: The audit fields about this session, made on first use (see Server._who).
+        #: The audit fields about this session, made on first use and when the username changes (Server._who).
         self.who: Optional[dict] = None  # an AuditFields
         #: The classes of events this session is sent: read classes & event mask
         #: while authenticated, none otherwise (kept by :meth:`changed`).
@@ -159,5 +159,4 @@ class Session:
     def changed(self) -> None:
         """Call after any change of state, user, classes or mask."""
         self._info = None
-        self.who = None
         self.receives = self.read & self.mask if self.state == AUTHENTICATED else 0

@@ -163,7 +163,10 @@ def _lines(monkeypatch, records, secrets=_SECRETS, later_secrets=()):
 
 
 def _who(username="alice"):
-    return audit.AuditFields(session="0x0123456789ab", remote_address="IPV4/TCP/127.0.0.1/5000", username=username)
+    return audit.AuditFields(
+        {"session": "0x0123456789ab", "remote_address": "IPV4/TCP/127.0.0.1/5000", "username": username},
+        ("session", "remote_address"),
+    )
 
 
 def test_cached_audit_lines_equal_the_processor_chain_a_3_16(monkeypatch):
@@ -187,6 +190,7 @@ def test_cached_audit_lines_equal_the_processor_chain_a_3_16(monkeypatch):
         ("ListTrusted", {"action": "x", "q": "s3cr3tpass", TRUSTED_FIELDS_KEY: ["action"]}, who),
         ("Empty", {}, None),
         ("EmptyAbout", {"x": 1}, audit.AuditFields()),
+        ("UntrustedAbout", {"x": 1}, audit.AuditFields({"session": "hunter2-secret", "k": "Secret: s3cr3tpass"})),
         ("Overlap", {"username": "bob", TRUSTED_FIELDS_KEY: _TRUSTED}, who),  # a field also in ``about``
         ("Reserved", {"timestamp": "mine", "event": "other", TRUSTED_FIELDS_KEY: _TRUSTED}, None),
         ("Nam%e \"q\"", {"na%sme": "v", "\u00fc": "w", TRUSTED_FIELDS_KEY: _TRUSTED}, who),
@@ -198,10 +202,13 @@ def test_cached_audit_lines_equal_the_processor_chain_a_3_16(monkeypatch):
         assert fast_line == chain_line
         if json.loads(fast_line)["event"] != "Trusted":  # a trusted field is written as it is
             assert "hunter2-secret" not in fast_line and "s3cr3tpass" not in fast_line
+    # A record field named like an ``about`` field replaces it, scrubbed by the record's trusted names.
+    overlap = json.loads(pairs[11][0])
+    assert overlap["username"] == "bob" and list(overlap).count("username") == 1
     # "key=..." in free text is scrubbed though the value is no configured secret.
     assert json.loads(pairs[6][0])["a"] == "monkey key=[redacted]"
     # Reserved names are kept as the chain keeps them (the chain's own values win).
-    assert json.loads(pairs[11][0])["event"] == "Reserved"
+    assert json.loads(pairs[12][0])["event"] == "Reserved"
 
 
 def test_cached_audit_lines_follow_new_secrets(monkeypatch):
