@@ -383,18 +383,18 @@ class RecordKind:
 class _Shape:
     """A compiled record shape: one ``%`` template with the rendered names, context and event."""
 
-    __slots__ = ("template", "untrusted", "timestamp_untrusted", "names", "trusted", "generation")
+    __slots__ = ("template", "untrusted", "timestamp_untrusted", "names", "generation")
 
     def __init__(
         self, template: str, untrusted: Tuple[int, ...], timestamp_untrusted: bool,
-        names: Tuple[str, ...], trusted: Any, generation: int,
+        names: Tuple[str, ...], generation: int,
     ) -> None:
         self.template = template
         #: Per field, in order: 0 trusted, 1 scrubbed, 2 a sensitive name (always redacted).
         self.untrusted = untrusted
         self.timestamp_untrusted = timestamp_untrusted
         self.names = names
-        self.trusted = trusted
+        #: The redactor generation it was compiled under (names and event are scrubbed into it).
         self.generation = generation
 
 
@@ -404,7 +404,7 @@ class _JsonAuditLines:
     Server records come in a few shapes (event, field names, trusted names);
     each shape is compiled once into a template holding the rendered names,
     the bound context and the event, and each :class:`AuditFields` is
-    rendered once per set of trusted names. What is left per record is
+    rendered once per set of secrets. What is left per record is
     scrubbing and escaping its values. The line equals the chain's byte for
     byte (a test compares them); anything unusual goes to the chain.
     """
@@ -449,7 +449,7 @@ class _JsonAuditLines:
         parts.extend((event_text, level_text, '"timestamp": %s'))
         return _Shape(
             "{" + ", ".join(parts) + "}", tuple(untrusted), "timestamp" not in trusted,
-            names, trusted, self._redactor.generation,
+            names, self._redactor.generation,
         )
 
     def _shape(self, key: Any, event: str, names: Tuple[str, ...], trusted: Any, with_about: bool) -> Optional[_Shape]:
@@ -536,6 +536,7 @@ class AuditLogger(structlog.BoundLoggerBase):
 
     enabled = True
     _json: Optional[_JsonAuditLines] = None
+    _redactor: Optional[Redactor] = None
 
     def record(self, event: str, fields: Dict[str, Any], about: Optional[AuditFields] = None) -> None:
         """Write one record: the bound context, ``about``, ``fields``, then ``event``.
@@ -563,17 +564,17 @@ class AuditLogger(structlog.BoundLoggerBase):
         self._through_chain(kind.event, kind.fields(values), about)
 
     def _through_chain(self, event: str, fields: Dict[str, Any], about: Optional[AuditFields]) -> None:
-        if about:
+        redactor = self._redactor
+        if about and redactor is not None:
             # ``about`` is scrubbed by its own trusted names; a field of the record
             # with the same name replaces it and is scrubbed by the record's.
-            redactor = next(p for p in self._processors if isinstance(p, Redactor))
             shown = redactor(None, "info", {**about, TRUSTED_FIELDS_KEY: about.trusted})
             for name in fields.keys() & shown.keys():
                 del shown[name]
             fields[TRUSTED_FIELDS_KEY] = frozenset(fields.get(TRUSTED_FIELDS_KEY, ())) | shown.keys()
             event_dict: Any = {**self._context, **shown, **fields}
         else:
-            event_dict = {**self._context, **fields}
+            event_dict = {**self._context, **about, **fields} if about else {**self._context, **fields}
         event_dict["event"] = event
         logger = self._logger
         try:
@@ -606,6 +607,7 @@ def make_audit_logger(
     processors = _processors(fmt, redactor)
     audit = AuditLogger(sink, processors, {"audit": True})
     audit.enabled = _LEVELS[level] <= logging.INFO
+    audit._redactor = redactor
     if fmt != "console":
         audit._json = _JsonAuditLines(audit._context, redactor, processors[0])
     return audit

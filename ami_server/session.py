@@ -12,6 +12,7 @@ from .privileges import ALL
 from .protocol import Parser
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .audit import AuditFields
     from .plugins import RegisteredAction
 
 __all__ = ["Session", "ActionRun", "EventFilters", "PREAUTH", "AUTHENTICATED", "CLOSING"]
@@ -126,7 +127,7 @@ class Session:
         #: Dispatching stopped because the output was over its limit (Q-7.7).
         self.output_paused = False
         #: The audit fields about this session, made on first use and when the username changes (Server._who).
-        self.who: Optional[dict] = None  # an AuditFields
+        self.who: Optional[AuditFields] = None
         #: The classes of events this session is sent: read classes & event mask
         #: while authenticated, none otherwise (kept by :meth:`changed`).
         self.receives = 0
