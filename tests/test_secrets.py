@@ -191,7 +191,8 @@ def test_cached_audit_lines_equal_the_processor_chain_a_3_16(monkeypatch):
         ("Empty", {}, None),
         ("EmptyAbout", {"x": 1}, audit.AuditFields()),
         ("UntrustedAbout", {"x": 1}, audit.AuditFields({"session": "hunter2-secret", "k": "Secret: s3cr3tpass"})),
-        ("Overlap", {"username": "bob", TRUSTED_FIELDS_KEY: _TRUSTED}, who),  # a field also in ``about``
+        ("TrustedAbout", {"x": 1}, audit.AuditFields({"session": "key=kept", "u": "key=scrubbed"}, ("session",))),
+        ("Overlap", {"username": "hunter2-secret", TRUSTED_FIELDS_KEY: _TRUSTED}, who),  # a field also in ``about``
         ("Reserved", {"timestamp": "mine", "event": "other", TRUSTED_FIELDS_KEY: _TRUSTED}, None),
         ("Nam%e \"q\"", {"na%sme": "v", "\u00fc": "w", TRUSTED_FIELDS_KEY: _TRUSTED}, who),
         ("hunter2-secret event", {"x": 1}, None),
@@ -203,12 +204,15 @@ def test_cached_audit_lines_equal_the_processor_chain_a_3_16(monkeypatch):
         if json.loads(fast_line)["event"] != "Trusted":  # a trusted field is written as it is
             assert "hunter2-secret" not in fast_line and "s3cr3tpass" not in fast_line
     # A record field named like an ``about`` field replaces it, scrubbed by the record's trusted names.
-    overlap = json.loads(pairs[11][0])
-    assert overlap["username"] == "bob" and list(overlap).count("username") == 1
+    overlap = json.loads(pairs[12][0])
+    assert overlap["username"] == "[redacted]" and list(overlap).count("username") == 1
+    # ``about`` fields are scrubbed by the names ``about`` trusts, whatever the record trusts.
+    trusted_about = json.loads(pairs[11][0])
+    assert (trusted_about["session"], trusted_about["u"]) == ("key=kept", "key=[redacted]")
     # "key=..." in free text is scrubbed though the value is no configured secret.
     assert json.loads(pairs[6][0])["a"] == "monkey key=[redacted]"
     # Reserved names are kept as the chain keeps them (the chain's own values win).
-    assert json.loads(pairs[12][0])["event"] == "Reserved"
+    assert json.loads(pairs[13][0])["event"] == "Reserved"
 
 
 def test_cached_audit_lines_follow_new_secrets(monkeypatch):
