@@ -493,18 +493,11 @@ class _JsonAuditLines:
             if cached is None or cached[0] != shape.generation:
                 cached = about.rendered = (shape.generation, self._members(dict(about), about.trusted))
             append(cached[1])
-        suspicious = redactor.suspicious
+        scrub = redactor._scrub
         for value, untrusted in zip(values, shape.untrusted):
-            kind = value.__class__
             if untrusted:
-                if untrusted == 2:
-                    value, kind = REDACTED, str
-                elif kind is str:
-                    if suspicious(value):
-                        value = redactor._scrub_text(value)
-                elif kind is not bool and kind is not int:
-                    value = redactor._scrub(value)
-                    kind = value.__class__
+                value = REDACTED if untrusted == 2 else scrub(value)
+            kind = value.__class__
             if kind is str:
                 append(_escape(value))
             elif value is None:
@@ -520,9 +513,7 @@ class _JsonAuditLines:
             else:
                 append(self._encode(value))
         stamp = self._stamp.timestamp()
-        if shape.timestamp_untrusted and suspicious(stamp):
-            stamp = redactor._scrub_text(stamp)
-        append(_escape(stamp))
+        append(_escape(scrub(stamp) if shape.timestamp_untrusted else stamp))
         return shape.template % tuple(out)
 
 

@@ -226,6 +226,14 @@ def test_cached_audit_lines_follow_new_secrets(monkeypatch):
     assert all("newpass-1234" not in fast for fast, _ in pairs[3:])
 
 
+def test_cached_audit_lines_scrub_an_untrusted_timestamp(monkeypatch):
+    """A record that trusts nothing gets even its timestamp scrubbed, on both paths (A-3.16)."""
+    pairs = _lines(monkeypatch, [("NoTrust", {"a": 1}, None)] * 2, secrets=("2026-01",))
+    for fast_line, chain_line in pairs:
+        assert fast_line == chain_line
+        assert json.loads(fast_line)["timestamp"] == "[redacted]-01T00:00:00.000+00:00"
+
+
 @settings(max_examples=200, deadline=None)
 @given(fields=st.dictionaries(
     st.sampled_from(["action", "action_id", "message", "secret", "Key", "user", "n", "x y", "%s"]),
