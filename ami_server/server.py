@@ -12,7 +12,6 @@ import functools
 import socket
 import ssl
 import sys
-import threading
 import time
 import traceback
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -388,7 +387,7 @@ class Server:
         return self.address
 
     def _watch_listener(self, listener: socket.socket, transport: str) -> None:
-        self.loop.register(listener, selectors.EVENT_READ, lambda mask: self._on_accept(listener, transport))
+        self.loop.register(listener, _READ, lambda mask: self._on_accept(listener, transport))
 
     def _listen(self, host: str, port: int, key: str) -> socket.socket:
         try:
@@ -665,8 +664,8 @@ class Server:
         self.unauthenticated += 1
         self.stats["sessions_accepted"] += 1
         session.on_ready = functools.partial(self._on_ready, session)
-        self.loop.register(sock, selectors.EVENT_READ, session.on_ready)
-        session.selector_events = selectors.EVENT_READ
+        self.loop.register(sock, _READ, session.on_ready)
+        session.selector_events = _READ
         # The TLS handshake counts against auth_timeout (P-1.1, A-3.11).
         session.auth_timer = self.loop.call_later(self.settings.auth_timeout, lambda: self._auth_timeout(session))
         if transport == "TLS":
@@ -679,8 +678,9 @@ class Server:
         """The connection is a session now (after the TLS handshake): hooks, audit, banner."""
         session.opened = True
         self.audit("SessionOpened", self._who(session))
-        if self._has_impls("on_session_open"):
-            self._call_hook("on_session_open", session=session.info())
+        hook = self._hook("on_session_open")
+        if hook is not None:
+            hook.call(self._hook_error("on_session_open"), session=session.info())
         self._write(session, f"Asterisk Call Manager/{self.settings.ami_version}\r\n".encode())
 
     def _handshake(self, session: Session) -> None:
@@ -689,10 +689,10 @@ class Server:
         try:
             sock.do_handshake()  # type: ignore[attr-defined]
         except ssl.SSLWantReadError:
-            self._set_interest(session, selectors.EVENT_READ)
+            self._set_interest(session, _READ)
             return
         except ssl.SSLWantWriteError:
-            self._set_interest(session, selectors.EVENT_WRITE)
+            self._set_interest(session, _WRITE)
             return
         except (OSError, ValueError) as exc:
             reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
@@ -700,7 +700,7 @@ class Server:
             self._close(session, "TLS handshake failed")
             return
         session.handshaking = False
-        self._set_interest(session, selectors.EVENT_READ)
+        self._set_interest(session, _READ)
         self._opened(session)
 
     def _set_interest(self, session: Session, events: int) -> None:
@@ -915,8 +915,9 @@ class Server:
             "SessionClosed", self._who(session), reason=reason,
             duration=round(time.time() - session.opened_at, 3),
         )
-        if self._has_impls("on_session_close"):
-            self._call_hook("on_session_close", session=session.info(), reason=reason)
+        hook = self._hook("on_session_close")
+        if hook is not None:
+            hook.call(self._hook_error("on_session_close"), session=session.info(), reason=reason)
 
     # -------------------------------------------------------------- dispatch
     def _dispatch(self, session: Session, message: Message) -> None:
@@ -967,8 +968,7 @@ class Server:
         if self._broadcast and session.receives & self._broadcast_classes:
             self._flush_broadcast()  # events published before this action are not held back (Q-7.4)
         session.current = run
-        info = session._info
-        context = ActionContext(message, session.info() if info is None else info, run, entry.config)
+        context = ActionContext(message, session.info(), run, entry.config)
         if action.blocking:
             self._run_blocking(session, run, action, context)
             return
@@ -1335,8 +1335,7 @@ class Server:
         self._publish(event, None)
 
     def _publish(self, event: Event, audit_fields: Optional[AuditFields]) -> None:
-        loop_thread = self.loop.thread_id
-        if loop_thread is not None and loop_thread != threading.get_ident():
+        if not self.loop.in_loop_thread():
             self.loop.call_soon_threadsafe(lambda: self._publish(event, audit_fields))
             return
         if not isinstance(event, Event):
@@ -1348,8 +1347,8 @@ class Server:
             # A-3.16: every security event is an audit record too, received or not.
             fields = {**dict(event.headers), TRUSTED_FIELDS_KEY: _TRUSTED_SECURITY_FIELDS}
             self._audit_log.record(event.name, fields, audit_fields)
-        hook = self._hooks.get("on_event")
-        if hook is not None and hook.impls:
+        hook = self._hook("on_event")
+        if hook is not None:
             hook.call(self._hook_error("on_event"), event=event)
 
     def _settle(self) -> None:
@@ -1470,7 +1469,7 @@ class Server:
 
     @staticmethod
     def _who(session: Session, username: Optional[str] = None) -> AuditFields:
-        """The fields every audit record about a session carries (kept until the session changes)."""
+        """The fields every audit record about a session carries (kept until its username changes)."""
         who = session.who
         if who is None or who["username"] != session.username:
             who = session.who = AuditFields({
@@ -1485,14 +1484,10 @@ class Server:
             return AuditFields({**who, "username": username}, _TRUSTED_WHO_FIELDS)
         return who
 
-    def _has_impls(self, name: str) -> bool:
+    def _hook(self, name: str) -> Optional[HookCaller]:
+        """The hook ``name`` if any plugin implements it (callers skip building its arguments otherwise)."""
         hook = self._hooks.get(name)
-        return hook is not None and bool(hook.impls)
-
-    def _call_hook(self, name: str, **kwargs: Any) -> None:
-        hook = self._hooks.get(name)
-        if hook:
-            hook.call(self._hook_error(name), **kwargs)
+        return hook if hook is not None and hook.impls else None
 
     def _hook_error(self, hook: str) -> Callable[[str, BaseException], None]:
         def report(plugin: str, exc: BaseException) -> None:
