@@ -176,32 +176,24 @@ class Parser:
             return None  # everything received has been consumed
         if not self._lines and not self._too_long and not self._too_many:
             end = buf.find(b"\r\n\r\n", pos, pos + _FAST_MAX_BYTES)
-            if end == len(buf) - 4 and end > pos:
-                # Exactly one message buffered (one request per read, the common case).
-                # ``end`` is the first blank line, so the message holds none.
-                run = buf[pos:end]
-                if (
-                    run.count(b"\n") == run.count(b"\r\n") and b"\x00" not in run and not run.startswith(b"\r\n")
-                    and (end - pos < MAX_LINE - 2 or max(map(len, run.split(b"\r\n"))) < MAX_LINE - 2)
-                ):
-                    lines = run.decode("utf-8", "surrogateescape").split("\r\n")
-                    if len(lines) <= MAX_LINES:
-                        self._pos = end + 4
-                        return Message(lines)
-            end = buf.rfind(b"\r\n\r\n", pos, pos + _AHEAD_BYTES)
-            if end <= pos:
-                end = buf.find(b"\r\n\r\n", pos, pos + _FAST_MAX_BYTES)
+            # The first blank line ends the buffer: exactly one message, with no
+            # empty line inside (one request per read, the common case).
+            single = end == len(buf) - 4
+            if not single:
+                last = buf.rfind(b"\r\n\r\n", pos, pos + _AHEAD_BYTES)
+                if last > pos:
+                    end = last
             if end > pos:
                 run = buf[pos:end]
                 crlf = run.count(b"\r\n")
                 if (
-                    run.count(b"\n") == crlf and b"\x00" not in run
-                    and not run.startswith(b"\r\n") and not run.endswith(b"\r\n") and b"\r\n\r\n\r\n" not in run
+                    run.count(b"\n") == crlf and b"\x00" not in run and not run.startswith(b"\r\n")
+                    and (single or (not run.endswith(b"\r\n") and b"\r\n\r\n\r\n" not in run))
                     and (end - pos < MAX_LINE - 2 or max(map(len, run.split(b"\r\n"))) < MAX_LINE - 2)
                 ):
                     # Only well-formed messages, none of them empty, in run.
                     text = run.decode("utf-8", "surrogateescape")
-                    if crlf < MAX_LINES and "\r\n\r\n" not in text:
+                    if crlf < MAX_LINES and (single or "\r\n\r\n" not in text):
                         self._pos = end + 4
                         return Message(text.split("\r\n"))
                     blocks = text.split("\r\n\r\n")
