@@ -22,6 +22,7 @@ from .api import (
     SessionInfo,
     TimerHandle,
     action,
+    wall_timestamp,
 )
 from .hookspecs import hookimpl
 from .passwords import hash_secret, verify_secret
@@ -48,4 +49,5 @@ __all__ = [
     "hash_secret",
     "hookimpl",
     "verify_secret",
+    "wall_timestamp",
 ]

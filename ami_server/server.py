@@ -34,6 +34,7 @@ from .api import (
     ServerStatus,
     SessionInfo,
     TimerHandle,
+    wall_timestamp,
 )
 from .audit import (
     REDACTED,
@@ -1405,7 +1406,7 @@ class Server:
             privilege = self._privilege_cache[event.classes] = format_privilege(event.classes)
         head = f"Event: {event.name}\r\nPrivilege: {privilege}\r\n"
         if self.settings.timestamp_events:
-            head += f"Timestamp: {time.time():.6f}\r\n"
+            head += f"Timestamp: {wall_timestamp()}\r\n"
         if self.settings.system_name:
             head += f"SystemName: {self.settings.system_name}\r\n"
         headers = event.headers

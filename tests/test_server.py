@@ -409,6 +409,34 @@ def test_event_headers_timestamp_and_system_name_q_7_2():
         assert event["SystemName"] == "pbx-1"
 
 
+def test_wall_timestamp_is_truncated_seconds_dot_six_digits_b_5_5(monkeypatch):
+    import ami_server.api as api
+
+    for ns, text in [
+        (1_795_000_000_123_456_999, "1795000000.123456"),  # truncated, not rounded up
+        (1_795_000_000_000_000_000, "1795000000.000000"),
+        (1_795_000_000_000_001_000, "1795000000.000001"),
+        (1_795_000_000_999_999_999, "1795000000.999999"),
+    ]:
+        monkeypatch.setattr(api.time, "time_ns", lambda ns=ns: ns)
+        assert api.wall_timestamp() == text
+
+
+def test_ping_and_event_timestamps_read_the_wall_clock_b_5_5_q_7_2():
+    cfg = config(timestamp_events=True)
+    with running_server(cfg) as srv, srv.client() as c:
+        c.login("admin", "adminpass", events="user")
+        before = time.time()
+        stamp = c.action("Ping")["Timestamp"]
+        c.action("UserEvent", {"UserEvent": "T"})
+        event_stamp = c.wait_event("UserEvent")["Timestamp"]
+        after = time.time()
+        for text in (stamp, event_stamp):
+            seconds, _, micro = text.partition(".")
+            assert seconds.isdigit() and micro.isdigit() and len(micro) == 6
+            assert before - 0.001 <= float(text) <= after + 0.001
+
+
 def test_close_during_waitevent_runs_close_hook_once():
     recorder = Recorder()
     with running_server(config(), extra_plugins=[("recorder", recorder)]) as srv:

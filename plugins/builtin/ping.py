@@ -1,12 +1,10 @@
 """Ping: keepalive with the server's wall clock (B-5.5)."""
 
-import time
-
-from ami_server import Action, Response, hookimpl
+from ami_server import Action, Response, hookimpl, wall_timestamp
 
 
 def ping(ctx):
-    return Response("Success", None, (("Ping", "Pong"), ("Timestamp", f"{time.time():.6f}")))
+    return Response("Success", None, (("Ping", "Pong"), ("Timestamp", wall_timestamp())))
 
 
 @hookimpl
