@@ -264,6 +264,9 @@ class ActionRegistry:
     def __init__(self) -> None:
         #: Lower-cased action name -> entry; read by the dispatcher, changed only through add/add_all.
         self.by_name: dict[str, RegisteredAction] = {}
+        #: The same entries under the names as the plugins spell them: a request
+        #: spelled that way (nearly all) is found without lower-casing it.
+        self.by_spelling: dict[str, RegisteredAction] = {}
         self._cli: dict[Tuple[str, ...], RegisteredCli] = {}
 
     def add(self, entry: RegisteredAction, builtin: bool) -> None:
@@ -298,6 +301,7 @@ class ActionRegistry:
                 )
             staged[key] = entry
         self.by_name.update(staged)
+        self.by_spelling.update((entry.action.name, entry) for entry in staged.values())
         self._cli.update(staged_cli)
 
     def find_cli(self, text: str) -> Optional[Tuple[RegisteredCli, Tuple[str, ...]]]:
@@ -320,6 +324,7 @@ class ActionRegistry:
         """A copy whose entries carry new ``[plugins.<name>]`` tables (on reload)."""
         copy = ActionRegistry()
         copy.by_name = {k: replace(e, config=tables.get(e.plugin, {})) for k, e in self.by_name.items()}
+        copy.by_spelling = {e.action.name: e for e in copy.by_name.values()}
         copy._cli = {k: replace(e, config=tables.get(e.plugin, {})) for k, e in self._cli.items()}
         return copy
 

@@ -54,6 +54,7 @@ from .plugins import (
     ActionRegistry,
     HookCaller,
     PluginRecord,
+    RegisteredAction,
     collect_actions,
     create_plugin_manager,
     load_plugins,
@@ -134,9 +135,21 @@ class _SessionBackend(ActionRun):
 
     __slots__ = ("server", "session")
 
-    # Built with ActionRun's __init__; the dispatcher sets ``server`` and ``session``.
-    server: "Server"
-    session: Session
+    def __init__(
+        self, name: str, action_id: str, started: float, entry: Optional[RegisteredAction], audit: bool,
+        server: "Server", session: Session,
+    ) -> None:
+        # ActionRun's fields set here rather than through super(): one call fewer per request.
+        self.name = name
+        self.action_id = action_id
+        self.started = started
+        self.entry = entry
+        self.audit = audit
+        self.deferred: Optional[Deferred] = None
+        self.timer: Optional[TimerHandle] = None
+        self.wait_reply: Optional[Response] = None
+        self.server = server
+        self.session = session
 
     def _on_loop(self, what: str) -> None:
         if not self.server.loop.in_loop_thread():
@@ -783,16 +796,18 @@ class Server:
         budget = MESSAGES_PER_TURN
         next_message = session.parser.next_message
         dispatch = self._dispatch
-        while not session.closed and session.state != CLOSING and session.current is None:
-            if len(session.out) > limit:
+        out = session.out
+        # A closed session is CLOSING too (_close), so one state test covers both.
+        while session.current is None and session.state != CLOSING:
+            if len(out) > limit:
                 session.output_paused = True  # _send resumes once the output drained
                 break
-            budget -= 1
-            if budget < 0:
+            if not budget:
                 if not session.resume_pending:
                     session.resume_pending = True
                     self.loop.call_soon(lambda: self._resume_input(session))
                 break
+            budget -= 1
             message = next_message()
             if message is None:
                 exhausted = True
@@ -936,8 +951,8 @@ class Server:
                 self._security(session, "RequestBadFormat", extra=(("RequestType", "Action: NONE"),))
             self._write(session, render_response("Error", action_id, "Missing action in request"))
             return
-        key = name.lower()
         if session.state != AUTHENTICATED:
+            key = name.lower()
             if key not in _PRE_LOGIN:
                 self._deny(session, name, action_id)
                 return
@@ -951,7 +966,7 @@ class Server:
                     failed = self._fail_later(session, run, "Login Already In Use", "login in use")
                     self._handle_result(session, run, failed)
                     return
-        entry = self.actions.by_name.get(key)
+        entry = self.actions.by_spelling.get(name) or self.actions.by_name.get(name.lower())
         if entry is None:
             self._security(session, "RequestBadFormat", extra=(("RequestType", _cut(f"Action: {name}", 63)),))
             text = f"Invalid/unknown command: {name}. Use Action: ListCommands to show available commands."
@@ -963,9 +978,7 @@ class Server:
             self._deny(session, name, action_id)
             return
         audit = not action.read_only or self.config.logging.audit_read_only_actions
-        run = _SessionBackend(action.name, action_id, time.monotonic() if audit else 0.0, entry, audit)
-        run.server = self
-        run.session = session
+        run = _SessionBackend(action.name, action_id, time.monotonic() if audit else 0.0, entry, audit, self, session)
         if self._broadcast and session.receives & self._broadcast_classes:
             self._flush_broadcast()  # events published before this action are not held back
         session.current = run
@@ -1088,7 +1101,11 @@ class Server:
                 self._handler_failed(session, run, exc)
                 return
             session.current = None
-            self._write(session, data)
+            if not session.closed:
+                # _write's work, less its event check: the events were delivered above.
+                if not session.out:
+                    self._dirty.append(session)
+                session.out += data
             if run.audit:
                 self._audit_executed(session, run, response)
             return

@@ -127,6 +127,109 @@ def test_pipelining_without_reading_is_slowed_not_cut_q_7_7():
         assert not sender.is_alive()
 
 
+class _HandPlayed:
+    """A server in this thread whose loop turns the test plays itself, with raw client sockets."""
+
+    def __init__(self, cfg):
+        from ami_server.audit import MemorySink
+        from ami_server.server import Server
+
+        self.server = Server(cfg, log_sink=MemorySink(), entry_points=())
+        self.host, self.port = self.server.start()
+        self.socks = []
+
+    def serve_until(self, done, what):
+        wait_for(lambda: self.server.run_once(0.01) or done(), what)
+
+    def logged_in(self, rcvbuf=None):
+        """A raw socket logged in as admin with events off, and its server-side session."""
+        sock = socket.socket()
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.connect((self.host, self.port))
+        self.socks.append(sock)
+        port = sock.getsockname()[1]
+        self.serve_until(lambda: any(s.remote[1] == port for s in self.server.sessions.values()), "the accept")
+        session = next(s for s in self.server.sessions.values() if s.remote[1] == port)
+        sock.sendall(b"Action: Login\r\nUsername: admin\r\nSecret: adminpass\r\nEvents: off\r\n\r\n")
+        received = bytearray()
+        self.serve_until(lambda: self.drain(sock, received) and b"Authentication accepted\r\n\r\n" in received, "the login")
+        return sock, session
+
+    @staticmethod
+    def drain(sock, into):
+        """Append whatever has arrived (loopback: all that the server sent); always true."""
+        while select.select([sock], [], [], 0)[0]:
+            data = sock.recv(65536)
+            if not data:
+                break
+            into += data
+        return True
+
+    def close(self):
+        for sock in self.socks:
+            sock.close()
+        self.server.stop()
+        self.server.serve_forever()
+
+
+def test_one_loop_turn_serves_at_most_messages_per_turn_of_a_session():
+    """A client pipelining many requests gets MESSAGES_PER_TURN answers per loop turn; the others'
+    requests are served in the same turn, and the rest of its own follow on later turns, in order."""
+    from ami_server.server import MESSAGES_PER_TURN
+
+    played = _HandPlayed(config())
+    try:
+        (greedy, greedy_session), (other, other_session) = played.logged_in(), played.logged_in()
+        count = MESSAGES_PER_TURN * 2 + 10
+        greedy.sendall(b"".join(b"Action: Ping\r\nActionID: g%d\r\n\r\n" % i for i in range(count)))
+        other.sendall(b"Action: Ping\r\nActionID: o\r\n\r\n")
+        session_socks = [greedy_session.sock, other_session.sock]
+        # What the turn will read has arrived (the greedy client's bytes all: one sendall on loopback).
+        wait_for(lambda: len(select.select(session_socks, [], [], 0.01)[0]) == 2, "both requests")
+        greedy_session.on_ready(selectors.EVENT_READ)
+        other_session.on_ready(selectors.EVENT_READ)
+        played.server._flush_dirty()
+        first_turn, others = bytearray(), bytearray()
+        played.drain(greedy, first_turn)
+        played.drain(other, others)
+        assert first_turn.count(b"Ping: Pong") == MESSAGES_PER_TURN
+        assert b"ActionID: o\r\n" in others
+        rest = bytearray(first_turn)
+        played.serve_until(lambda: played.drain(greedy, rest) and rest.count(b"Ping: Pong") == count, "the rest")
+        ids = [line[len(b"ActionID: "):] for line in bytes(rest).split(b"\r\n") if line.startswith(b"ActionID: ")]
+        assert ids == [b"g%d" % i for i in range(count)]
+    finally:
+        played.close()
+
+
+def test_output_over_the_limit_pauses_dispatching_q_7_7():
+    """A client that sends without reading: the server stops answering once the session's unsent
+    output passes output_queue_limit (by at most one reply), and resumes when the client reads."""
+    limit = 65536  # the smallest the configuration allows
+    played = _HandPlayed(config(output_queue_limit=limit))
+    try:
+        sock, session = played.logged_in(rcvbuf=4096)
+        session.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # the kernel refuses early
+        count = 20000  # 1.5 MB of replies
+        sender = threading.Thread(
+            target=sock.sendall, args=(b"".join(b"Action: Ping\r\nActionID: %d\r\n\r\n" % i for i in range(count)),),
+            daemon=True,
+        )
+        sender.start()
+        played.serve_until(lambda: session.output_paused, "dispatching to pause")
+        reply = len(b"Response: Success\r\nActionID: 19999\r\nPing: Pong\r\nTimestamp: 1795000000.000000\r\n\r\n")
+        assert limit < len(session.out) <= limit + reply
+        for _ in range(20):  # more turns while nobody reads: still bounded
+            played.server.run_once(0)
+        assert len(session.out) <= limit + reply
+        received = bytearray()
+        played.serve_until(lambda: played.drain(sock, received) and received.count(b"Ping: Pong") == count, "all replies")
+        sender.join(5)
+    finally:
+        played.close()
+
+
 def test_end_of_stream_answers_complete_messages_p_1_17():
     with running_server(config()) as srv, srv.client() as c:
         c.login("admin", "adminpass", events="off")
