@@ -162,6 +162,28 @@ class Parser:
             self._pos = 0
         self._buf += data
 
+    def take(self, data: bytes) -> Optional[Message]:
+        """Hand over received bytes; the message itself when they are one whole message.
+
+        The common read -- nothing buffered, and ``data`` exactly one short,
+        well-formed message -- is parsed straight from ``data`` and nothing is
+        kept. Anything else is buffered as :meth:`feed` does and ``None`` is
+        returned: take the messages with :meth:`next_message`.
+        """
+        if self._pos == len(self._buf) and not self._lines and not self._too_long and not self._too_many:
+            end = len(data) - 4
+            if (
+                0 < end < MAX_LINE - 2  # no line can be too long (P-1.6)
+                and data.find(b"\r\n\r\n") == end  # its first blank line ends it: one message, none empty
+                and not data.startswith(b"\r\n")
+                and 0 not in data  # (int membership: see next_message)
+            ):
+                crlf = data.count(b"\r\n")
+                if data.count(b"\n") == crlf and crlf - 2 < MAX_LINES:
+                    return Message(data[:end].decode("utf-8", "surrogateescape").split("\r\n"))
+        self.feed(data)
+        return None
+
     @property
     def buffered(self) -> int:
         """Bytes received but not yet handed out as (or dropped from) a message."""

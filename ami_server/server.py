@@ -777,11 +777,19 @@ class Server:
             return
         if session.state == CLOSING:
             return  # failed login or logoff: input is discarded (A-3.8, B-5.2)
-        session.parser.feed(data)
         run = session.current
-        if run is not None and run.wait_reply is not None:
-            self._complete(session, run, run.wait_reply)
-            return
+        if run is None and len(session.out) <= self.settings.output_queue_limit:
+            # The common read: one whole request, answered without buffering it.
+            message = session.parser.take(data)
+            if message is not None:
+                self._dispatch(session, message)
+                self._input_settled(session, session.current is None and session.state != CLOSING)
+                return
+        else:
+            session.parser.feed(data)
+            if run is not None and run.wait_reply is not None:
+                self._complete(session, run, run.wait_reply)
+                return
         self._process_input(session)
 
     def _process_input(self, session: Session) -> None:
@@ -813,6 +821,10 @@ class Server:
                 exhausted = True
                 break
             dispatch(session, message)
+        self._input_settled(session, exhausted)
+
+    def _input_settled(self, session: Session, exhausted: bool) -> None:
+        """After dispatching: ``exhausted`` when every buffered message was taken."""
         if session.closed:
             return
         if exhausted and session.selector_events == _READ and not session.eof and not session.blocked:

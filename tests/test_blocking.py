@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import threading
 import time
 
@@ -92,6 +93,20 @@ def test_the_session_itself_waits_for_its_blocking_reply_r_2_9():
         client.send("Ping", {"ActionID": "p"})
         assert plugin.started.wait(5.0)
         assert client.buffer == b""
+        plugin.release.set()
+        assert client.read_response()["ActionID"] == "w"
+        assert client.read_response()["ActionID"] == "p"
+
+
+def test_a_request_arriving_while_an_action_runs_waits_r_2_9():
+    """The second request comes in a read of its own, after the first action started: still queued."""
+    plugin = SlowPlugin()
+    with start(plugin) as srv, srv.client() as client:
+        client.login("admin", "adminpass", events="off")
+        client.send("WaitRelease", {"ActionID": "w"})
+        assert plugin.started.wait(5.0)
+        client.send("Ping", {"ActionID": "p"})
+        assert not select.select([client.sock], [], [], 0.3)[0], "answered while an action ran"
         plugin.release.set()
         assert client.read_response()["ActionID"] == "w"
         assert client.read_response()["ActionID"] == "p"

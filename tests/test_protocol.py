@@ -204,6 +204,26 @@ def test_one_step_parsing_gives_the_line_by_line_messages(data, cuts):
     assert _summary(got) == _summary(expected)
 
 
+@settings(max_examples=400, deadline=None)
+@given(data=_crlf_stream, cuts=st.lists(st.integers(0, 20000), max_size=8))
+def test_take_gives_the_line_by_line_messages(data, cuts):
+    """P-1.4 to P-1.10: handing each read to take() (as the server does) changes no message."""
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    chunks = [data[a:b] for a, b in zip([0] + points, points + [len(data)])]
+    fast, reference = Parser(), _LineParser()
+    got, expected = [], []
+    for chunk in chunks:
+        whole = fast.take(chunk)
+        if whole is not None:
+            assert not fast.has_input  # nothing was kept
+            got.append(whole)
+        got.extend(fast.messages())
+        reference.feed(chunk)
+        expected.extend(reference.messages())
+        assert fast.has_input == reference.has_input
+    assert _summary(got) == _summary(expected)
+
+
 @pytest.mark.parametrize("message", [
     b"Action: Ping\r\nActionID: 1\r\n\r\n",
     b"\r\nAction: Ping\r\n\r\n",  # a blank line first: an empty message (P-1.8)
@@ -220,8 +240,27 @@ def test_one_buffered_message_parses_as_line_by_line(message):
     fast, reference = Parser(), _LineParser()
     fast.feed(message)
     reference.feed(message)
-    assert _summary(fast.messages()) == _summary(reference.messages())
+    expected = _summary(reference.messages())
+    assert _summary(fast.messages()) == expected
     assert not fast.has_input
+    taking = Parser()
+    whole = taking.take(message)
+    assert _summary(([whole] if whole is not None else []) + list(taking.messages())) == expected
+    assert not taking.has_input
+
+
+def test_take_answers_one_whole_message_and_buffers_anything_else():
+    parser = Parser()
+    message = parser.take(b"Action: Ping\r\nActionID: 1\r\n\r\n")
+    assert (message.action, message.action_id) == ("Ping", "1") and not parser.has_input
+    assert parser.take(b"Action: Ping\r\n") is None and parser.buffered == 14  # a part: kept
+    assert parser.take(b"ActionID: 2\r\n\r\n") is None  # completes the buffered one: through next_message
+    assert parser.next_message().action_id == "2" and not parser.has_input
+    assert parser.take(b"Action: Ping\r\n\r\nAction: Ping\r\n\r\n") is None  # two: buffered
+    assert len(list(parser.messages())) == 2
+    for short in (b"Act", b"A", b"\r\n\r\n"):  # shorter than a blank line, or a bare one (P-1.8)
+        parser = Parser()
+        assert parser.take(short) is None and parser.buffered == len(short)
 
 
 def test_pipelined_messages_stay_unconsumed_until_taken_p_1_18():

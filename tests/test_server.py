@@ -230,6 +230,27 @@ def test_output_over_the_limit_pauses_dispatching_q_7_7():
         played.close()
 
 
+def test_output_limit_holds_for_requests_read_one_at_a_time_q_7_7():
+    """Each request in a read of its own (the path that parses without buffering) pauses the same way."""
+    limit = 65536
+    played = _HandPlayed(config(output_queue_limit=limit))
+    try:
+        sock, session = played.logged_in(rcvbuf=4096)
+        session.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        reply = len(b"Response: Success\r\nActionID: 9999\r\nPing: Pong\r\nTimestamp: 1795000000.000000\r\n\r\n")
+        sent = 0
+        while not session.output_paused:
+            assert sent < 5000, "dispatching never paused"
+            sock.sendall(b"Action: Ping\r\nActionID: %d\r\n\r\n" % sent)
+            sent += 1
+            played.serve_until(lambda: session.parser.buffered == 0 or session.output_paused, "the request read")
+            assert len(session.out) <= limit + reply
+        received = bytearray()
+        played.serve_until(lambda: played.drain(sock, received) and received.count(b"Ping: Pong") == sent, "all replies")
+    finally:
+        played.close()
+
+
 def test_end_of_stream_answers_complete_messages_p_1_17():
     with running_server(config()) as srv, srv.client() as c:
         c.login("admin", "adminpass", events="off")
