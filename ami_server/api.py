@@ -52,6 +52,7 @@ __all__ = [
 HeaderPairs = Tuple[Tuple[str, str], ...]
 HeadersLike = Union[Mapping[str, Any], Iterable[Tuple[str, Any]]]
 
+
 def wall_timestamp() -> str:
     """The wall clock as AMI prints it: unix seconds, a dot, six digits of microseconds (B-5.5).
 
