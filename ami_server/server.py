@@ -54,7 +54,6 @@ from .plugins import (
     ActionRegistry,
     HookCaller,
     PluginRecord,
-    RegisteredAction,
     collect_actions,
     create_plugin_manager,
     load_plugins,
@@ -135,21 +134,9 @@ class _SessionBackend(ActionRun):
 
     __slots__ = ("server", "session")
 
-    def __init__(
-        self, name: str, action_id: str, started: float, entry: Optional[RegisteredAction], audit: bool,
-        server: "Server", session: Session,
-    ) -> None:
-        # ActionRun's fields set here rather than through super(): one call fewer per request.
-        self.name = name
-        self.action_id = action_id
-        self.started = started
-        self.entry = entry
-        self.audit = audit
-        self.deferred: Optional[Deferred] = None
-        self.timer: Optional[TimerHandle] = None
-        self.wait_reply: Optional[Response] = None
-        self.server = server
-        self.session = session
+    # Built with ActionRun's __init__; the dispatcher sets ``server`` and ``session``.
+    server: "Server"
+    session: Session
 
     def _on_loop(self, what: str) -> None:
         if not self.server.loop.in_loop_thread():
@@ -990,7 +977,9 @@ class Server:
             self._deny(session, name, action_id)
             return
         audit = not action.read_only or self.config.logging.audit_read_only_actions
-        run = _SessionBackend(action.name, action_id, time.monotonic() if audit else 0.0, entry, audit, self, session)
+        run = _SessionBackend(action.name, action_id, time.monotonic() if audit else 0.0, entry, audit)
+        run.server = self
+        run.session = session
         if self._broadcast and session.receives & self._broadcast_classes:
             self._flush_broadcast()  # events published before this action are not held back
         session.current = run
@@ -1113,11 +1102,7 @@ class Server:
                 self._handler_failed(session, run, exc)
                 return
             session.current = None
-            if not session.closed:
-                # _write's work, less its event check: the events were delivered above.
-                if not session.out:
-                    self._dirty.append(session)
-                session.out += data
+            self._write(session, data)
             if run.audit:
                 self._audit_executed(session, run, response)
             return
