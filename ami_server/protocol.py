@@ -43,7 +43,10 @@ def decode(data: bytes) -> str:
 
 def encode(text: str) -> bytes:
     """Inverse of :func:`decode`; never raises for text that came from the wire."""
-    return text.encode("utf-8", "surrogateescape")
+    try:
+        return text.encode()  # the strict codec is the fast one
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape")  # bytes that came from the wire (P-1.22)
 
 
 def clean(value: str) -> str:
@@ -349,10 +352,7 @@ def render_reply(
     text += "\r\n"
     if text.count("\n") != lines or text.count("\r") != lines:
         return render_response(status, action_id, message, pairs, list_start)
-    try:
-        return text.encode()  # the strict codec is the fast one
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape")  # bytes that came from the wire (P-1.22)
+    return encode(text)
 
 
 def render_block(name: str, headers: Headers = (), action_id: str = "") -> bytes:
