@@ -144,12 +144,17 @@ def _summary(messages):
     return [(m.lines, m.error, m.empty) for m in messages]
 
 
+def _split(data, cuts):
+    """``data`` cut at the positions ``cuts`` (taken modulo its length), as the reads that carry it."""
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    return [data[a:b] for a, b in zip([0] + points, points + [len(data)])]
+
+
 @settings(max_examples=300, deadline=None)
 @given(data=st.one_of(st.binary(max_size=4000), _stream), cuts=st.lists(st.integers(0, 4000), max_size=12))
 def test_any_split_gives_the_same_messages(data, cuts):
     whole = parse_all(data)
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    chunks = [data[a:b] for a, b in zip([0] + points, points + [len(data)])]
+    chunks = _split(data, cuts)
     assert _summary(parse_all(*chunks)) == _summary(whole)
 
 
@@ -191,8 +196,7 @@ _crlf_stream = st.lists(st.one_of(_message, _message, _message, _odd), max_size=
 @given(data=_crlf_stream, cuts=st.lists(st.integers(0, 20000), max_size=8))
 def test_one_step_parsing_gives_the_line_by_line_messages(data, cuts):
     """P-1.4 to P-1.10: the whole-run path never changes a message, however the bytes arrive."""
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    chunks = [data[a:b] for a, b in zip([0] + points, points + [len(data)])]
+    chunks = _split(data, cuts)
     fast, reference = Parser(), _LineParser()
     got, expected = [], []
     for chunk in chunks:
@@ -208,8 +212,7 @@ def test_one_step_parsing_gives_the_line_by_line_messages(data, cuts):
 @given(data=_crlf_stream, cuts=st.lists(st.integers(0, 20000), max_size=8))
 def test_take_gives_the_line_by_line_messages(data, cuts):
     """P-1.4 to P-1.10: handing each read to take() (as the server does) changes no message."""
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    chunks = [data[a:b] for a, b in zip([0] + points, points + [len(data)])]
+    chunks = _split(data, cuts)
     fast, reference = Parser(), _LineParser()
     got, expected = [], []
     for chunk in chunks:
