@@ -614,6 +614,17 @@ class ActionContext:
         """Publish an event; the calling session receives it after this reply (R-2.10)."""
         self._backend.publish(event)
 
+    def timestamp(self) -> str:
+        """The wall clock in :func:`wall_timestamp`'s format, shared by the requests of one read.
+
+        The clock is read once for all requests that arrived in the same read
+        from the socket (pipelined requests), so the value lies after this
+        request arrived and before its reply is written, and handlers may
+        share a reply built from it (Ping does). Anywhere else -- a timer, a
+        deferred reply, a blocking handler -- it is read afresh.
+        """
+        return self._backend.timestamp()
+
     def defer(self) -> Deferred:
         """Create a reply to be completed later (returned from the handler)."""
         return Deferred()

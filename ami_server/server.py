@@ -14,6 +14,7 @@ import ssl
 import sys
 import time
 import traceback
+from threading import get_ident
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pluggy
@@ -144,6 +145,18 @@ class _SessionBackend(ActionRun):
 
     def publish(self, event: Event) -> None:
         self.server._publish(event, None)
+
+    def timestamp(self) -> str:
+        server = self.server
+        shared = server._read_stamp
+        if shared:
+            return shared
+        stamp = wall_timestamp()
+        # Kept only inside a read, and only by the loop: a blocking handler's
+        # thread could otherwise store it after the read ended.
+        if shared is not None and get_ident() == server.loop.thread_id:
+            server._read_stamp = stamp
+        return stamp
 
     def make_log(self) -> Any:
         plugin = self.entry.plugin if self.entry is not None else "core"
@@ -284,6 +297,9 @@ class Server:
         self.shutting_down = False
         self._core_plugins: Dict[str, Any] = {}
         self._dirty: List[Session] = []
+        #: The wall clock shared by the requests answered from one read (ActionContext.timestamp):
+        #: ``None`` outside such a read, ``""`` inside one until first asked.
+        self._read_stamp: Optional[str] = None
         #: Events published and not yet delivered, as (classes, bytes), and the union of their classes.
         #: Delivery is deferred to the end of the loop turn -- or to the moment a session that
         #: receives them writes, starts or ends an action, or changes (see _settle) -- so that a
@@ -777,7 +793,13 @@ class Server:
             if run is not None and run.wait_reply is not None:
                 self._complete(session, run, run.wait_reply)
                 return
-        self._process_input(session)
+        # The requests answered from this read share one clock reading
+        # (ActionContext.timestamp); the scope closes whatever happens.
+        self._read_stamp = ""
+        try:
+            self._process_input(session)
+        finally:
+            self._read_stamp = None
 
     def _process_input(self, session: Session) -> None:
         """Dispatch buffered messages one at a time while the session may run one (R-2.9, Q-7.7).

@@ -203,6 +203,75 @@ def test_one_loop_turn_serves_at_most_messages_per_turn_of_a_session():
         played.close()
 
 
+def _stamps(data):
+    """The Timestamp values in ``data``, in whole microseconds."""
+    stamps = []
+    for line in bytes(data).split(b"\r\n"):
+        if line.startswith(b"Timestamp: "):
+            seconds, micro = line[len(b"Timestamp: "):].split(b".")
+            stamps.append(int(seconds) * 1_000_000 + int(micro))
+    return stamps
+
+
+def _now():
+    """The wall clock in whole microseconds, truncated as Timestamp headers are."""
+    return time.time_ns() // 1000
+
+
+def test_pings_answered_from_one_read_share_a_timestamp_inside_their_round_trip_b_5_5():
+    """Pipelined Pings taken from one read carry one clock reading, taken after they arrived and before
+    the replies left; a Ping in a later read of its own reads the clock afresh."""
+    played = _HandPlayed(config())
+    try:
+        sock, session = played.logged_in()
+        before = _now()
+        sock.sendall(b"".join(b"Action: Ping\r\nActionID: p%d\r\n\r\n" % i for i in range(5)))
+        wait_for(lambda: select.select([session.sock], [], [], 0.01)[0], "the requests")  # one sendall: one read
+        session.on_ready(selectors.EVENT_READ)
+        played.server._flush_dirty()
+        batch = bytearray()
+        played.serve_until(lambda: played.drain(sock, batch) and batch.count(b"Ping: Pong") == 5, "five replies")
+        between = _now()
+        ids = [line for line in bytes(batch).split(b"\r\n") if line.startswith(b"ActionID: ")]
+        assert ids == [b"ActionID: p%d" % i for i in range(5)]
+        stamps = _stamps(batch)
+        assert len(stamps) == 5 and len(set(stamps)) == 1
+        assert before <= stamps[0] <= between
+        # The next Ping arrives alone (the read that parses without buffering) and after `between`.
+        sock.sendall(b"Action: Ping\r\nActionID: alone\r\n\r\n")
+        single = bytearray()
+        played.serve_until(lambda: played.drain(sock, single) and b"Ping: Pong" in single, "the lone reply")
+        (stamp,) = _stamps(single)
+        assert between <= stamp <= _now()
+    finally:
+        played.close()
+
+
+def test_a_shared_clock_reading_is_never_kept_by_another_thread():
+    """ActionContext.timestamp from a blocking handler's thread reads the clock but never stores it:
+    the loop closes the read's scope, and a stored reading would outlive it."""
+    from ami_server.server import _SessionBackend
+
+    played = _HandPlayed(config())
+    try:
+        played.server.run_once(0)  # the loop thread is this one
+        backend = _SessionBackend("Ping", "", 0.0, None, False)
+        backend.server = played.server
+        played.server._read_stamp = ""  # a read's scope is open on the loop
+        stamps = []
+        worker = threading.Thread(target=lambda: stamps.append(backend.timestamp()))
+        worker.start()
+        worker.join(5)
+        assert len(stamps) == 1 and stamps[0]
+        assert played.server._read_stamp == ""
+        assert backend.timestamp() == played.server._read_stamp != ""  # the loop's own call keeps it
+        played.server._read_stamp = None
+        assert backend.timestamp() and played.server._read_stamp is None  # outside a read: nothing kept
+    finally:
+        played.server._read_stamp = None
+        played.close()
+
+
 def test_output_over_the_limit_pauses_dispatching_q_7_7():
     """A client that sends without reading: the server stops answering once the session's unsent
     output passes output_queue_limit (by at most one reply), and resumes when the client reads."""
