@@ -8,7 +8,7 @@ value (P-1.19, P-1.20).
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 __all__ = [
     "MAX_LINE",
@@ -19,6 +19,7 @@ __all__ = [
     "encode",
     "render_block",
     "render_reply",
+    "ReplyRenderer",
     "render_response",
     "clean",
 ]
@@ -353,6 +354,42 @@ def render_reply(
     if text.count("\n") != lines or text.count("\r") != lines:
         return render_response(status, action_id, message, pairs, list_start)
     return encode(text)
+
+
+class ReplyRenderer:
+    """:func:`render_reply` for a stream of replies, rendering once what repeats.
+
+    A handler may answer several requests in a row with one (immutable)
+    response object -- Ping does for the requests of one read. Such replies
+    differ only in their ActionID line, so from the second in a row on, the
+    lines after it are kept as bytes and only the ActionID line is made.
+    ``key`` is the response object; one is kept at a time.
+    """
+
+    __slots__ = ("_last", "_split", "_tail")
+
+    def __init__(self) -> None:
+        self._last: Any = None
+        #: The key whose lines after the ActionID line are ``_tail``.
+        self._split: Any = None
+        self._tail = b""
+
+    def render(
+        self, key: Any, status: str, action_id: str, message: Optional[str],
+        pairs: Tuple[Tuple[str, str], ...], list_start: bool = False,
+    ) -> bytes:
+        if key is self._last:
+            if key is not self._split:
+                head = f"Response: {status}\r\n"
+                self._tail = render_reply(status, "", message, pairs, list_start)[len(head):]
+                self._split = key
+            if not action_id:
+                return f"Response: {status}\r\n".encode() + self._tail
+            if "\r" not in action_id and "\n" not in action_id:  # else cleaned by render_reply (P-1.20)
+                return encode(f"Response: {status}\r\nActionID: {action_id}\r\n") + self._tail
+        else:
+            self._last = key
+        return render_reply(status, action_id, message, pairs, list_start)
 
 
 def render_block(name: str, headers: Headers = (), action_id: str = "") -> bytes:

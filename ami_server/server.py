@@ -60,7 +60,7 @@ from .plugins import (
     load_plugins,
 )
 from .privileges import CLASSES, format_privilege, parse_event_mask
-from .protocol import Message, clean, encode, render_block, render_reply, render_response
+from .protocol import Message, ReplyRenderer, clean, encode, render_block, render_response
 from .acl import ip_of, normalize_ip
 from .security import format_address, new_challenge, new_session_id, security_event
 from .session import AUTHENTICATED, CLOSING, ActionRun, EventFilters, Session
@@ -300,6 +300,7 @@ class Server:
         #: The wall clock shared by the requests answered from one read (ActionContext.timestamp):
         #: ``None`` outside such a read, ``""`` inside one until first asked.
         self._read_stamp: Optional[str] = None
+        self._replies = ReplyRenderer()
         #: Events published and not yet delivered, as (classes, bytes), and the union of their classes.
         #: Delivery is deferred to the end of the loop turn -- or to the moment a session that
         #: receives them writes, starts or ends an action, or changes (see _settle) -- so that a
@@ -1118,8 +1119,8 @@ class Server:
         ):
             # The common reply: one block and nothing queued behind it.
             try:
-                data = render_reply(response.status, action_id, response.message, response.headers,
-                                    response.list_start)
+                data = self._replies.render(response, response.status, action_id, response.message,
+                                            response.headers, response.list_start)
             except Exception as exc:  # noqa: BLE001 - an invalid reply is an internal error
                 self._handler_failed(session, run, exc)
                 return

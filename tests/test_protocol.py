@@ -11,6 +11,7 @@ from ami_server.protocol import (
     TOO_MANY,
     Message,
     Parser,
+    ReplyRenderer,
     render_block,
     render_response,
 )
@@ -118,6 +119,37 @@ def test_render_response_order_and_cr_lf_cleaning_r_2_1_p_1_20():
     assert render_response("Success", "", None, [("Empty", "")]) == b"Response: Success\r\nEmpty: \r\n\r\n"
     assert render_response("Success", "a", "m", list_start=True).startswith(
         b"Response: Success\r\nActionID: a\r\nEventList: start\r\nMessage: m\r\n"
+    )
+
+
+_reply_text = st.text(st.sampled_from(["a", "7", " ", ":", "\r", "\n", "\u00e9", "\udcff"]), max_size=6)
+_reply = st.tuples(
+    st.sampled_from(["Success", "Error", "Goodbye"]),
+    st.none() | _reply_text,
+    st.lists(st.tuples(st.sampled_from(["Ping", "X-Y", "Timestamp"]), _reply_text), max_size=3).map(tuple),
+    st.booleans(),
+)
+
+
+@given(replies=st.lists(_reply, min_size=1, max_size=3), answers=st.lists(st.tuples(st.integers(0, 2), _reply_text), max_size=12))
+def test_reply_renderer_equals_the_reference_for_any_run_of_shared_responses_r_2_1_p_1_20(replies, answers):
+    """Replies of one response object in a row reuse its rendered lines: the bytes are the reference's,
+    whatever the ActionID holds (CR, LF, bytes that were not UTF-8)."""
+    renderer = ReplyRenderer()
+    keys = [object() for _ in replies]
+    for index, action_id in answers:
+        status, message, pairs, list_start = replies[index % len(replies)]
+        got = renderer.render(keys[index % len(replies)], status, action_id, message, pairs, list_start)
+        assert got == render_response(status, action_id, message, pairs, list_start)
+
+
+def test_reply_renderer_splices_the_action_id_into_a_repeated_reply():
+    renderer = ReplyRenderer()
+    key, pairs = object(), (("Ping", "Pong"), ("Timestamp", "1795000000.000001"))
+    for action_id in ("1", "2", "", "x\ry", "caf\u00e9", "\udcff"):
+        assert renderer.render(key, "Success", action_id, None, pairs) == render_response("Success", action_id, None, pairs)
+    assert renderer.render(key, "Success", "3", None, pairs) == (
+        b"Response: Success\r\nActionID: 3\r\nPing: Pong\r\nTimestamp: 1795000000.000001\r\n\r\n"
     )
 
 
