@@ -366,10 +366,11 @@ class ReplyRenderer:
     ``key`` is the response object; one is kept at a time.
     """
 
-    __slots__ = ("_last", "_split", "_tail")
+    __slots__ = ("last", "_split", "_tail")
 
     def __init__(self) -> None:
-        self._last: Any = None
+        #: The key of the previous reply (a caller may test and set it first, as the server does).
+        self.last: Any = None
         #: The key whose lines after the ActionID line are ``_tail``.
         self._split: Any = None
         self._tail = b""
@@ -378,7 +379,7 @@ class ReplyRenderer:
         self, key: Any, status: str, action_id: str, message: Optional[str],
         pairs: Tuple[Tuple[str, str], ...], list_start: bool = False,
     ) -> bytes:
-        if key is self._last:
+        if key is self.last:
             if key is not self._split:
                 head = f"Response: {status}\r\n"
                 self._tail = render_reply(status, "", message, pairs, list_start)[len(head):]
@@ -388,7 +389,7 @@ class ReplyRenderer:
             if "\r" not in action_id and "\n" not in action_id:  # else cleaned by render_reply (P-1.20)
                 return encode(f"Response: {status}\r\nActionID: {action_id}\r\n") + self._tail
         else:
-            self._last = key
+            self.last = key
         return render_reply(status, action_id, message, pairs, list_start)
 
 

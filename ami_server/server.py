@@ -60,7 +60,7 @@ from .plugins import (
     load_plugins,
 )
 from .privileges import CLASSES, format_privilege, parse_event_mask
-from .protocol import Message, ReplyRenderer, clean, encode, render_block, render_response
+from .protocol import Message, ReplyRenderer, clean, encode, render_block, render_reply, render_response
 from .acl import ip_of, normalize_ip
 from .security import format_address, new_challenge, new_session_id, security_event
 from .session import AUTHENTICATED, CLOSING, ActionRun, EventFilters, Session
@@ -1119,8 +1119,14 @@ class Server:
         ):
             # The common reply: one block and nothing queued behind it.
             try:
-                data = self._replies.render(response, response.status, action_id, response.message,
-                                            response.headers, response.list_start)
+                replies = self._replies
+                if response is replies.last:  # answered the previous request too (Ping in a read)
+                    data = replies.render(response, response.status, action_id, response.message,
+                                          response.headers, response.list_start)
+                else:
+                    replies.last = response
+                    data = render_reply(response.status, action_id, response.message, response.headers,
+                                        response.list_start)
             except Exception as exc:  # noqa: BLE001 - an invalid reply is an internal error
                 self._handler_failed(session, run, exc)
                 return
