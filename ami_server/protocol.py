@@ -363,16 +363,18 @@ class ReplyRenderer:
     response object -- Ping does for the requests of one read. Such replies
     differ only in their ActionID line, so from the second in a row on, the
     lines after it are kept as bytes and only the ActionID line is made.
-    ``key`` is the response object; one is kept at a time.
+    ``key`` is the response object; one is kept at a time. ``status`` is a
+    response's (Success, Error or Goodbye: one line).
     """
 
-    __slots__ = ("last", "_split", "_tail")
+    __slots__ = ("last", "_split", "_head", "_tail")
 
     def __init__(self) -> None:
         #: The key of the previous reply (a caller may test and set it first, as the server does).
         self.last: Any = None
-        #: The key whose lines after the ActionID line are ``_tail``.
+        #: The key whose ``Response:`` line is ``_head`` and whose lines after the ActionID are ``_tail``.
         self._split: Any = None
+        self._head = b""
         self._tail = b""
 
     def render(
@@ -381,13 +383,13 @@ class ReplyRenderer:
     ) -> bytes:
         if key is self.last:
             if key is not self._split:
-                head = f"Response: {status}\r\n"
-                self._tail = render_reply(status, "", message, pairs, list_start)[len(head):]
-                self._split = key
+                whole = render_reply(status, "", message, pairs, list_start)
+                cut = whole.index(b"\r\n") + 2
+                self._head, self._tail, self._split = whole[:cut], whole[cut:], key
             if not action_id:
-                return f"Response: {status}\r\n".encode() + self._tail
+                return self._head + self._tail
             if "\r" not in action_id and "\n" not in action_id:  # else cleaned by render_reply (P-1.20)
-                return encode(f"Response: {status}\r\nActionID: {action_id}\r\n") + self._tail
+                return self._head + encode(f"ActionID: {action_id}\r\n") + self._tail
         else:
             self.last = key
         return render_reply(status, action_id, message, pairs, list_start)
