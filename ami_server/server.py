@@ -14,7 +14,6 @@ import ssl
 import sys
 import time
 import traceback
-from threading import get_ident
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pluggy
@@ -154,7 +153,7 @@ class _SessionBackend(ActionRun):
         stamp = wall_timestamp()
         # Kept only inside a read, and only by the loop: a blocking handler's
         # thread could otherwise store it after the read ended.
-        if shared is not None and get_ident() == server.loop.thread_id:
+        if shared is not None and server.loop.in_loop_thread():
             server._read_stamp = stamp
         return stamp
 
