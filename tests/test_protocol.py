@@ -224,34 +224,30 @@ _message = st.lists(_clean_line, min_size=1, max_size=4).map(lambda lines: b"\r\
 _crlf_stream = st.lists(st.one_of(_message, _message, _message, _odd), max_size=60).map(b"".join)
 
 
+def _fed(parser, chunk):
+    parser.feed(chunk)
+    return []
+
+
+def _taken(parser, chunk):
+    whole = parser.take(chunk)
+    if whole is None:
+        return []
+    assert not parser.has_input  # nothing was kept
+    return [whole]
+
+
+@pytest.mark.parametrize("hand_over", [_fed, _taken], ids=["feed", "take"])
 @settings(max_examples=400, deadline=None)
 @given(data=_crlf_stream, cuts=st.lists(st.integers(0, 20000), max_size=8))
-def test_one_step_parsing_gives_the_line_by_line_messages(data, cuts):
-    """P-1.4 to P-1.10: the whole-run path never changes a message, however the bytes arrive."""
+def test_reads_give_the_line_by_line_messages(hand_over, data, cuts):
+    """P-1.4 to P-1.10: the whole-run path, and take() on each read (as the server does), never change a
+    message, however the bytes arrive."""
     chunks = _split(data, cuts)
     fast, reference = Parser(), _LineParser()
     got, expected = [], []
     for chunk in chunks:
-        fast.feed(chunk)
-        reference.feed(chunk)
-        got.extend(fast.messages())
-        expected.extend(reference.messages())
-        assert fast.has_input == reference.has_input
-    assert _summary(got) == _summary(expected)
-
-
-@settings(max_examples=400, deadline=None)
-@given(data=_crlf_stream, cuts=st.lists(st.integers(0, 20000), max_size=8))
-def test_take_gives_the_line_by_line_messages(data, cuts):
-    """P-1.4 to P-1.10: handing each read to take() (as the server does) changes no message."""
-    chunks = _split(data, cuts)
-    fast, reference = Parser(), _LineParser()
-    got, expected = [], []
-    for chunk in chunks:
-        whole = fast.take(chunk)
-        if whole is not None:
-            assert not fast.has_input  # nothing was kept
-            got.append(whole)
+        got.extend(hand_over(fast, chunk))
         got.extend(fast.messages())
         reference.feed(chunk)
         expected.extend(reference.messages())
