@@ -1,13 +1,20 @@
 """ami-server: an Asterisk Manager Interface server extensible with plugins.
 
 This package exports the public plugin API only; everything else is internal.
+Builtin plugins import from here and nowhere else, as third-party plugins do.
 """
 
 from ._version import __version__
 from .acl import AddressACL
-from .api import (
+from .config import Config, UserConfig
+from .connection import Backoff, Outbound, StreamProtocol
+from .context import ActionContext, ServerHandle, SessionControl
+from .hookspecs import hookimpl
+from .passwords import SecretHash, hash_secret, parse_secret_hash, verify_secret
+from .privileges import format_privilege, parse_event_mask
+from .protocol import clean
+from .records import (
     Action,
-    ActionContext,
     ActionError,
     AuthDecision,
     AuthRequest,
@@ -17,15 +24,13 @@ from .api import (
     Deferred,
     Event,
     Response,
-    ServerHandle,
     ServerStatus,
     SessionInfo,
     TimerHandle,
     action,
     wall_timestamp,
 )
-from .hookspecs import hookimpl
-from .passwords import hash_secret, verify_secret
+from .security import format_tv
 
 __all__ = [
     "__version__",
@@ -35,19 +40,31 @@ __all__ = [
     "ActionError",
     "AuthDecision",
     "AuthRequest",
+    "Backoff",
     "Block",
     "CliCommand",
     "CommandOutput",
+    "Config",
     "Deferred",
     "Event",
+    "Outbound",
     "Response",
+    "SecretHash",
     "ServerHandle",
     "ServerStatus",
+    "SessionControl",
     "SessionInfo",
+    "StreamProtocol",
     "TimerHandle",
+    "UserConfig",
     "action",
+    "clean",
+    "format_privilege",
+    "format_tv",
     "hash_secret",
     "hookimpl",
+    "parse_event_mask",
+    "parse_secret_hash",
     "verify_secret",
     "wall_timestamp",
 ]

@@ -13,7 +13,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import pluggy
 
-from .api import Action, AuthDecision, AuthRequest, Event, ServerHandle, SessionInfo
+from .context import ServerHandle
+from .records import Action, AuthDecision, AuthRequest, Event, SessionInfo
 
 PROJECT_NAME = "ami_server"
 

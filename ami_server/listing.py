@@ -11,7 +11,8 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, List, Optional, Tuple
 
-from .api import ServerHandle, TimerHandle
+from .context import ServerHandle
+from .records import TimerHandle
 from .config import Config
 from .plugins import (
     collect_actions,
@@ -50,24 +51,40 @@ class PluginReport:
     cli_commands: Tuple[str, ...] = ()
 
 
-def _inert_handle(config: Config) -> ServerHandle:
-    """The handle given to ``register_actions`` while listing: no server runs, so nothing is delivered."""
-    return ServerHandle(
-        publish=lambda event: None,
-        call_soon_threadsafe=lambda callback: None,
-        call_later=lambda delay, callback: TimerHandle(float("inf"), callback),
-        settings=config.server,
-    )
+class _InertHost:
+    """What a :class:`ServerHandle` reaches while listing: no server runs, so nothing is delivered."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def publish(self, event: Any) -> None:
+        pass
+
+    def add_reload_listener(self, listener: Any) -> None:
+        pass
+
+    def status(self) -> Any:
+        raise RuntimeError("no server is running")
+
+    def connect(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("no server is running")
+
+    class loop:  # noqa: N801 - stands in for the loop's two scheduling calls
+        @staticmethod
+        def call_soon_threadsafe(callback: Any) -> None:
+            pass
+
+        @staticmethod
+        def call_later(delay: float, callback: Any) -> TimerHandle:
+            return TimerHandle(float("inf"), callback)
 
 
 def inspect_plugins(config: Config, entry_points: Optional[Iterable[Any]] = None) -> List[PluginReport]:
     """Load every plugin as the server would (without stopping at failures) and report on each."""
-    from .server import core_plugins
-
     manager = create_plugin_manager()
-    records = load_plugins(manager, config.plugins, core_plugins(config), entry_points, strict=False)
+    records = load_plugins(manager, config.plugins, (), entry_points, strict=False)
     failures: dict = {}
-    registry = collect_actions(manager, records, _inert_handle(config), config.plugins.tables, failures)
+    registry = collect_actions(manager, records, ServerHandle(_InertHost(config)), config.plugins.tables, failures)
     reports = []
     for record in records:
         status, error = record.status, record.error

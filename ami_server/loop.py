@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any, Callable, Deque, List, Optional
 
-from .api import TimerHandle
+from .records import TimerHandle
 
 __all__ = ["Loop"]
 
@@ -27,7 +27,9 @@ def _reraise(exc: BaseException) -> None:
 class Loop:
     """Readiness, timers and cross-thread callbacks for one server."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        #: The monotonic clock timers run on (a test harness may drive its own).
+        self.time = clock
         self.selector = selectors.DefaultSelector()
         self._timers: List[TimerHandle] = []
         self._ready: Deque[Callable[[], None]] = collections.deque()
@@ -44,16 +46,13 @@ class Loop:
         self.on_error: Callable[[BaseException], None] = _reraise
 
     # -- scheduling ---------------------------------------------------------
-    def time(self) -> float:
-        return time.monotonic()
-
     def call_soon(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the next turn (loop thread only)."""
         self._ready.append(callback)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         """Run ``callback`` after ``delay`` seconds; from another thread the timer is handed over."""
-        handle = TimerHandle(time.monotonic() + max(0.0, delay), callback)
+        handle = TimerHandle(self.time() + max(0.0, delay), callback)
         if self.in_loop_thread():
             heapq.heappush(self._timers, handle)
         else:
@@ -100,14 +99,14 @@ class Loop:
                 heapq.heappop(self._timers)
             timeout = max_wait
             if self._timers:
-                delay = max(0.0, self._timers[0].when - time.monotonic())
+                delay = max(0.0, self._timers[0].when - self.time())
                 timeout = delay if timeout is None else min(timeout, delay)
         for key, mask in self.selector.select(timeout):
             try:
                 key.data(mask)
             except Exception as exc:  # noqa: BLE001 - one bad callback must not stop the loop
                 self.on_error(exc)
-        now = time.monotonic()
+        now = self.time()
         while self._timers and (self._timers[0].when <= now or self._timers[0].cancelled):
             handle = heapq.heappop(self._timers)
             if not handle.cancelled:

@@ -4,6 +4,10 @@ Builtins are imported by module name; third-party plugins come from the
 ``ami_server.actions`` entry point group. A plugin named in
 ``[plugins] disable`` is never imported. Every load failure names the plugin,
 its distribution and version, and the cause.
+
+A plugin is a module or an object with hook implementations. A target that
+is a class (``module:Class``) is instantiated once per server, so a plugin
+that keeps state (the ``config`` backend's user table) keeps it per server.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, T
 import pluggy
 
 from . import hookspecs
-from .api import Action, CliCommand, ServerHandle
+from .hooks import plugin_callers
+from .context import ServerHandle
+from .records import Action, CliCommand
 from .config import PluginSettings
 
 if sys.version_info >= (3, 10):
@@ -32,7 +38,6 @@ __all__ = [
     "PluginRecord",
     "RegisteredAction",
     "ActionRegistry",
-    "HookCaller",
     "create_plugin_manager",
     "load_plugins",
     "collect_actions",
@@ -41,8 +46,9 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "ami_server.actions"
 
-#: Builtin plugin name -> module. Order is registration order.
+#: Builtin plugin name -> module (or ``module:Class``). Order is registration order.
 BUILTIN_PLUGINS: Tuple[Tuple[str, str], ...] = (
+    ("config", "ami_server.builtin.config_auth:ConfigBackend"),
     ("login", "ami_server.builtin.login"),
     ("logoff", "ami_server.builtin.logoff"),
     ("challenge", "ami_server.builtin.challenge"),
@@ -57,7 +63,7 @@ BUILTIN_PLUGINS: Tuple[Tuple[str, str], ...] = (
     ("admin", "ami_server.builtin.admin"),
 )
 #: Builtins that cannot be disabled: without them no client can log in or out.
-ESSENTIAL_PLUGINS = frozenset({"login", "logoff", "challenge"})
+ESSENTIAL_PLUGINS = frozenset({"config", "login", "logoff", "challenge"})
 #: Actions that run before login (R-2.8 step 2); only builtins may provide them.
 PRE_LOGIN_ACTIONS = frozenset({"login", "logoff", "challenge"})
 
@@ -166,11 +172,11 @@ def load_plugins(
             records.append(PluginRecord(name, "builtin", "ami-server", _own_version(), "disabled", module_name))
             continue
         try:
-            module = importlib.import_module(module_name)
+            plugin = _instantiate(_import_target(module_name))
         except Exception as exc:  # noqa: BLE001 - reported with the plugin's name
             fail(record, f"{record.describe()}: import of {module_name} failed: {exc!r}", exc)
             continue
-        register(record, module)
+        register(record, plugin)
 
     for name, plugin in extra:
         register(PluginRecord(name, "builtin", "ami-server", _own_version(), target=_target_of(plugin)), plugin)
@@ -184,7 +190,7 @@ def load_plugins(
             records.append(PluginRecord(entry_point.name, ENTRY_POINT_GROUP, dist, version, "disabled", entry_point.value))
             continue
         try:
-            plugin = entry_point.load()
+            plugin = _instantiate(entry_point.load())
         except Exception as exc:  # noqa: BLE001
             fail(record, f"{record.describe()}: cannot load {entry_point.value}: {exc!r}", exc)
             continue
@@ -223,39 +229,22 @@ def load_plugins(
     return records
 
 
+def _import_target(target: str) -> Any:
+    """``module`` or ``module:attribute``, imported."""
+    module_name, _, attribute = target.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attribute) if attribute else module
+
+
+def _instantiate(plugin: Any) -> Any:
+    """A class is instantiated (one plugin object per server); anything else is the plugin."""
+    return plugin() if isinstance(plugin, type) else plugin
+
+
 def _own_version() -> str:
     from ._version import __version__
 
     return __version__
-
-
-class HookCaller:
-    """Calls one hook's implementations one by one, containing exceptions.
-
-    pluggy stops at the first exception; AMI hooks must not let one plugin
-    stop the others (Q-7.5, Q-7.9), so each implementation is called and
-    guarded separately, in pluggy's order.
-    """
-
-    def __init__(self, manager: pluggy.PluginManager, hook_name: str) -> None:
-        caller = getattr(manager.hook, hook_name)
-        self.name = hook_name
-        self.impls: List[Tuple[str, Callable[..., Any], Tuple[str, ...]]] = [
-            (impl.plugin_name, impl.function, tuple(impl.argnames))
-            for impl in reversed(caller.get_hookimpls())
-        ]
-
-    def __bool__(self) -> bool:
-        return bool(self.impls)
-
-    def call(self, on_error: Callable[[str, BaseException], None], **kwargs: Any) -> List[Tuple[str, Any]]:
-        results = []
-        for plugin, function, argnames in self.impls:
-            try:
-                results.append((plugin, function(*[kwargs[a] for a in argnames])))
-            except Exception as exc:  # noqa: BLE001 - contained per plugin
-                on_error(plugin, exc)
-        return results
 
 
 class ActionRegistry:
@@ -357,12 +346,12 @@ def collect_actions(
     by_name = {r.name: r for r in records}
     registry = ActionRegistry()
     # Registration order (builtins first), so a clash names the newcomer.
-    for impl in manager.hook.register_actions.get_hookimpls():
-        plugin, function, argnames = impl.plugin_name, impl.function, tuple(impl.argnames)
+    order = [impl.plugin_name for impl in manager.hook.register_actions.get_hookimpls()]
+    for plugin, caller in plugin_callers(manager, "register_actions", order):
         record = by_name.get(plugin)
         who = record.describe() if record else f"plugin {plugin!r}"
         try:
-            entries, clis = _actions_of(function, argnames, handle, plugin, tables.get(plugin, {}))
+            entries, clis = _actions_of(caller, handle, plugin, tables.get(plugin, {}))
             registry.add_all(entries, builtin=record is not None and record.group == "builtin", clis=clis)
         except PluginLoadError as exc:
             if failures is None:
@@ -372,14 +361,14 @@ def collect_actions(
 
 
 def _actions_of(
-    function: Callable[..., Any],
-    argnames: Tuple[str, ...],
+    caller: Callable[..., Any],
     handle: ServerHandle,
     plugin: str,
     table: Mapping[str, Any],
 ) -> Tuple[List[RegisteredAction], List[RegisteredCli]]:
     try:
-        result = function(*[{"server": handle}[a] for a in argnames])
+        results = caller(server=handle)
+        result = results[0] if results else None
     except Exception as exc:  # noqa: BLE001
         raise PluginLoadError(f"register_actions raised {exc!r}") from exc
     if result is None:

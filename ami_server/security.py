@@ -9,7 +9,7 @@ import secrets
 import time
 from typing import Container, Optional, Tuple
 
-from .api import Event
+from .records import Event
 from .privileges import CLASSES
 
 __all__ = [

@@ -1,25 +1,44 @@
-"""Per-connection state: authentication, classes, mask, buffers (spec §2-§3)."""
+"""Per-connection state: authentication, classes, mask, buffers (spec §2-§3).
+
+A :class:`Session` holds no socket: the connection layer (or an in-memory
+link in tests) moves its bytes. ``link`` is that transport, seen through
+the small :class:`Link` interface.
+"""
 
 from __future__ import annotations
 
-import re
-import socket
-from typing import TYPE_CHECKING, Any, Callable, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 from .acl import ip_of
-from .api import Deferred, Response, SessionInfo, TimerHandle
+from .filters import EventFilters
 from .privileges import ALL
 from .protocol import Parser
+from .records import Deferred, Response, SessionInfo, TimerHandle
 
 if TYPE_CHECKING:  # pragma: no cover
     from .audit import AuditFields
     from .plugins import RegisteredAction
 
-__all__ = ["Session", "ActionRun", "EventFilters", "PREAUTH", "AUTHENTICATED", "CLOSING"]
+__all__ = ["Session", "ActionRun", "EventFilters", "Link", "PREAUTH", "AUTHENTICATED", "CLOSING"]
 
 PREAUTH = "PREAUTH"
 AUTHENTICATED = "AUTHENTICATED"
 CLOSING = "CLOSING"
+
+
+class Link:
+    """What the session core asks of a session's transport (a socket, or memory in tests)."""
+
+    __slots__ = ()
+
+    def send(self) -> None:
+        """Hand the session's ``out`` bytes to the peer as far as it takes them now."""
+
+    def update(self) -> None:
+        """Input or output state changed (eof, buffered input, blocked output): adjust reading."""
+
+    def close(self) -> None:
+        """The session is closed: release the transport; nothing more is sent."""
 
 
 class ActionRun:
@@ -39,49 +58,27 @@ class ActionRun:
         self.wait_reply: Optional[Response] = None
 
 
-class EventFilters:
-    """A session's include and exclude filters (B-5.13), searched in an event's text."""
-
-    __slots__ = ("include", "exclude")
-
-    #: More filters than this on one session are refused.
-    LIMIT = 100
-
-    def __init__(self) -> None:
-        self.include: List["re.Pattern[str]"] = []
-        self.exclude: List["re.Pattern[str]"] = []
-
-    def __len__(self) -> int:
-        return len(self.include) + len(self.exclude)
-
-    def passes(self, text: str) -> bool:
-        """No filters: all; includes: one must match; excludes: none may match."""
-        if self.include and not any(p.search(text) for p in self.include):
-            return False
-        return not any(p.search(text) for p in self.exclude)
-
-
 class Session:
-    """One accepted connection.
+    """One client session.
 
-    ``out`` holds bytes not yet accepted by the socket; ``pending`` holds
+    ``out`` holds bytes not yet accepted by the transport; ``pending`` holds
     event blocks that became deliverable while an action ran (R-2.10).
     """
 
     __slots__ = (
-        "sock", "fd", "session_id", "transport", "remote", "local", "remote_address",
+        "key", "link", "session_id", "transport", "remote", "local", "remote_address",
         "local_address", "state", "parser", "out", "pending", "pending_bytes",
         "username", "user_key", "read", "write", "mask", "challenge", "login_time",
         "current", "eof", "close_after_flush", "close_reason", "auth_timer",
-        "linger_timer", "selector_events", "closed", "_info", "opened_at", "handshaking", "opened",
-        "filters", "backend", "blocked", "peer_ip", "resume_pending", "who", "receives", "on_ready",
-        "output_paused",
+        "linger_timer", "closed", "_info", "opened_at", "opened",
+        "filters", "backend", "peer_ip", "resume_pending", "who", "receives",
+        "output_paused", "single_login",
     )
 
-    def __init__(self, sock: socket.socket, session_id: str, remote: Any, local: Any,
+    def __init__(self, key: int, link: Link, session_id: str, remote: Any, local: Any,
                  remote_address: str, local_address: str, transport: str, opened_at: float) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
+        self.key = key
+        self.link = link
         self.session_id = session_id
         self.transport = transport
         self.remote = remote
@@ -108,31 +105,27 @@ class Session:
         self.close_reason = ""
         self.auth_timer: Optional[TimerHandle] = None
         self.linger_timer: Optional[TimerHandle] = None
-        self.selector_events = 0
         self.closed = False
         self._info: Optional[SessionInfo] = None
         self.opened_at = opened_at
-        #: A TLS session before its handshake completed: no banner, no hooks yet.
-        self.handshaking = False
         #: on_session_open ran (so on_session_close must run exactly once).
         self.opened = False
         #: Event filters added with the Filter action (B-5.13), or None.
         self.filters: Optional[EventFilters] = None
         #: The authentication backend that accepted this session's Login.
         self.backend: Optional[str] = None
-        #: The last send left bytes behind: wait for the socket to be writable.
-        self.blocked = False
         #: More buffered messages wait for the next loop turn (fairness between sessions).
         self.resume_pending = False
         #: Dispatching stopped because the output was over its limit (Q-7.7).
         self.output_paused = False
-        #: The audit fields about this session, made on first use and when the username changes (Server._who).
+        #: The audit fields about this session, made on first use and when the username changes.
         self.who: Optional[AuditFields] = None
         #: The classes of events this session is sent: read classes & event mask
         #: while authenticated, none otherwise (kept by :meth:`changed`).
         self.receives = 0
-        #: The selector callback for this session's socket (set by the server).
-        self.on_ready: Optional[Callable[[int], None]] = None
+        #: Logged in with multiple logins refused for its user (A-3.13): a
+        #: further Login of that user is refused before the backends are asked.
+        self.single_login = False
 
     @property
     def authenticated(self) -> bool:
@@ -154,6 +147,8 @@ class Session:
                 state=self.state,
                 opened_at=self.opened_at,
                 login_time=self.login_time,
+                backend=self.backend,
+                peer_ip=self.peer_ip,
             )
         return self._info
 

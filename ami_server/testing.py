@@ -1,10 +1,12 @@
-"""Helpers for testing ami-server and its plugins over real sockets.
+"""Helpers for testing ami-server and its plugins, over real sockets and in memory.
 
 ``running_server`` starts a real :class:`~ami_server.server.Server` on a free
 loopback port in a background thread; :class:`AMIClient` is a small blocking
 AMI client whose every wait has a timeout, so a bug cannot hang a test run.
-Registered as a pytest plugin (``ami_server_server`` and ``ami_client``
-fixtures).
+:class:`MemoryServer` drives the same server's sessions without sockets and
+on a clock the test moves, the way h11 tests a connection pair: bytes in,
+bytes out, every step under the test's control. Registered as a pytest
+plugin (``ami_server`` and ``ami_client`` fixtures).
 """
 
 from __future__ import annotations
@@ -17,9 +19,14 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .audit import MemorySink
 from .config import Config, parse_config
+from .loop import Loop
 from .server import Server
+from .session import Link, Session
 
-__all__ = ["AMIClient", "Reply", "ServerThread", "running_server", "make_config"]
+__all__ = [
+    "AMIClient", "Reply", "ServerThread", "running_server", "make_config", "MemoryServer", "MemoryPeer",
+    "parse_blocks",
+]
 
 
 def make_config(data: Optional[Mapping[str, Any]] = None, **server: Any) -> Config:
@@ -90,6 +97,164 @@ def running_server(config: Optional[Config] = None, **kwargs: Any) -> Iterator[S
         yield thread
     finally:
         thread.stop()
+
+
+class ManualClock:
+    """A monotonic clock that moves only when the test says so."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _MemoryLink(Link):
+    """A session's transport in memory: the bytes stay in ``out`` until the peer reads them."""
+
+    __slots__ = ("closed",)
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class MemoryServer:
+    """A server whose sessions run in memory, on a manual clock, in the test's thread.
+
+    Plugins, the session core, the dispatcher, the event bus and the audit
+    trail are the real ones; only sockets are missing. Each call that feeds
+    bytes ends with one loop turn (:meth:`turn`): what is due runs and the
+    output is delivered.
+    """
+
+    def __init__(self, config: Optional[Config] = None, **kwargs: Any) -> None:
+        self.clock = ManualClock()
+        self.log = kwargs.pop("log_sink", None) or MemorySink()
+        kwargs.setdefault("entry_points", ())
+        self.server = Server(config or make_config(), log_sink=self.log, loop=Loop(self.clock), **kwargs)
+        self.server.load()
+        self.core = self.server.core
+        self._ports = iter(range(40000, 65536))
+
+    def connect(self, remote: Optional[Tuple[str, int]] = None, transport: str = "TCP") -> "MemoryPeer":
+        """A new connection from ``remote`` (a loopback address by default), banner sent."""
+        remote = remote or ("127.0.0.1", next(self._ports))
+        local = ("127.0.0.1", 5038)
+        link = _MemoryLink()
+        session = self.core.accept(
+            link, remote, local, f"IPV4/{transport}/{remote[0]}/{remote[1]}", f"IPV4/{transport}/127.0.0.1/5038",
+            transport,
+        )
+        if session is None:
+            raise ConnectionRefusedError("auth_limit reached: the connection was closed without a banner")
+        self.core.open(session)
+        self.run()
+        return MemoryPeer(self, session, link)
+
+    def turn(self) -> None:
+        """One loop turn: callbacks and due timers run, output is delivered."""
+        self.server.run_once(0)
+
+    def run(self, turns: int = 1000) -> None:
+        """Loop turns until no callback waits (at most ``turns``; timers wait for :meth:`advance`)."""
+        self.turn()
+        while self.server.loop.has_callbacks():
+            turns -= 1
+            if not turns:
+                raise RuntimeError("the loop kept scheduling callbacks")
+            self.turn()
+
+    def flush(self) -> None:
+        """Deliver the output now, as the end of a loop turn does, without running callbacks."""
+        self.core.outbox.flush()
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock on by ``seconds`` and run what became due (see :meth:`run`)."""
+        self.clock.now += seconds
+        self.run()
+
+    def close(self) -> None:
+        self.server.close()
+
+    def __enter__(self) -> "MemoryServer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class MemoryPeer:
+    """The client end of one in-memory session: send bytes, read what the server wrote."""
+
+    def __init__(self, harness: MemoryServer, session: Session, link: _MemoryLink) -> None:
+        self.harness = harness
+        self.session = session
+        self._link = link
+
+    @property
+    def closed(self) -> bool:
+        """The server closed this session."""
+        return self._link.closed
+
+    def feed(self, data: bytes) -> None:
+        """Bytes from the client, as one read, inside the current loop turn (no turn follows)."""
+        if not self.closed:
+            self.harness.core.receive(self.session, data)
+
+    def send(self, data: bytes) -> None:
+        """Bytes from the client, as one read; the loop runs until idle (MemoryServer.run)."""
+        self.feed(data)
+        self.harness.run()
+
+    def send_action(self, action: str, *headers: Tuple[str, str]) -> None:
+        lines = [f"Action: {action}"] + [f"{name}: {value}" for name, value in headers]
+        self.send(("\r\n".join(lines) + "\r\n\r\n").encode())
+
+    def end(self) -> None:
+        """The client closes its side (end of stream)."""
+        if not self.closed:
+            self.harness.core.end_of_input(self.session)
+        self.harness.run()
+
+    @property
+    def unread(self) -> int:
+        """Bytes the server wrote that the client has not read."""
+        return len(self.session.out)
+
+    def read(self, limit: Optional[int] = None) -> bytes:
+        """Take what the server wrote (at most ``limit`` bytes, as a slow reader would); the loop runs until idle."""
+        out = self.session.out
+        count = len(out) if limit is None else min(limit, len(out))
+        data = bytes(out[:count])
+        del out[:count]
+        session = self.session
+        if not self.closed and (session.close_after_flush or session.output_paused):
+            self.harness.core.output_sent(session)
+        self.harness.run()
+        return data
+
+    def blocks(self) -> List["Reply"]:
+        """Read everything and split it into blocks (a leading banner line is dropped)."""
+        return parse_blocks(self.read())
+
+
+def parse_blocks(data: bytes) -> List["Reply"]:
+    """``data`` as blocks of ``(name, value)`` lines; a banner line before them is skipped."""
+    if data.startswith(b"Asterisk Call Manager/"):
+        data = data.split(b"\r\n", 1)[1]
+    blocks = []
+    for raw in data.split(b"\r\n\r\n"):
+        if not raw:
+            continue
+        lines = []
+        for line in raw.decode("utf-8", "surrogateescape").split("\r\n"):
+            name, _, value = line.partition(": ")
+            lines.append((name, value))
+        blocks.append(Reply(lines, raw + b"\r\n\r\n"))
+    return blocks
 
 
 class Reply:

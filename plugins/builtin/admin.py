@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ami_server import Action, Block, Response, hookimpl
-from ami_server.privileges import format_privilege
-from ami_server.security import format_tv
+from ami_server import Action, Block, Response, format_privilege, format_tv, hookimpl
 
 
 def server_status(ctx):
@@ -42,7 +40,7 @@ def session_list(ctx):
             ("WriteClasses", format_privilege(info.write_classes)),
             ("EventMask", format_privilege(info.event_mask)),
         ))
-        for info in sorted(ctx.sessions(), key=lambda i: i.opened_at)
+        for info in sorted(ctx.control.sessions(), key=lambda i: i.opened_at)
     ]
     return Response.list(items, "SessionListComplete", message="Sessions will follow")
 
@@ -53,13 +51,13 @@ def session_kick(ctx):
         return Response.error("Missing SessionID")
     if target == ctx.session.session_id:
         return Response.error("Use Logoff to end your own session")
-    if not ctx.kick(target, f"kicked by {ctx.session.username}"):
+    if not ctx.control.kick(target, f"kicked by {ctx.session.username}"):
         return Response.error("No such session")
     return Response.success("Session kicked")
 
 
 def server_reload(ctx):
-    ok, message = ctx.reload()
+    ok, message = ctx.control.reload()
     return Response.success(message) if ok else Response.error(message)
 
 
@@ -67,7 +65,8 @@ def server_reload(ctx):
 def register_actions():
     return [
         Action("ServerStatus", server_status, "Show ami-server counters.", "system", read_only=True),
-        Action("SessionList", session_list, "List the sessions connected to ami-server.", "system", read_only=True),
-        Action("SessionKick", session_kick, "Close another session.", "system"),
-        Action("ServerReload", server_reload, "Reload the ami-server configuration.", "system"),
+        Action("SessionList", session_list, "List the sessions connected to ami-server.", "system", read_only=True,
+               control=True),
+        Action("SessionKick", session_kick, "Close another session.", "system", control=True),
+        Action("ServerReload", server_reload, "Reload the ami-server configuration.", "system", control=True),
     ]

@@ -6,9 +6,9 @@ from ami_server import Action, Response, hookimpl
 def challenge(ctx):
     if (ctx.request.get("AuthType") or "").lower() != "md5":
         return Response.error("Must specify AuthType")
-    return Response.success(headers=[("Challenge", ctx.challenge())])
+    return Response.success(headers=[("Challenge", ctx.control.challenge())])
 
 
 @hookimpl
 def register_actions():
-    return [Action("Challenge", challenge, "Generate Challenge for MD5 Auth.", ())]
+    return [Action("Challenge", challenge, "Generate Challenge for MD5 Auth.", (), control=True)]

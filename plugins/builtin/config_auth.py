@@ -6,9 +6,18 @@ import hashlib
 import hmac
 from typing import Dict, Mapping, Optional, Tuple
 
-from ami_server import AuthDecision, AuthRequest, hookimpl
-from ami_server.config import UserConfig
-from ami_server.passwords import SecretHash, parse_secret_hash, verify_secret
+from ami_server import (
+    AuthDecision,
+    AuthRequest,
+    Config,
+    SecretHash,
+    ServerHandle,
+    SessionControl,
+    UserConfig,
+    hookimpl,
+    parse_secret_hash,
+    verify_secret,
+)
 
 
 def md5_key(challenge: str, secret: str) -> str:
@@ -26,24 +35,54 @@ class ConfigBackend:
     The checks follow A-3.4: unknown user, then the address ACL, then the
     credentials. ``secret_hash`` users can only log in with a plaintext
     ``Secret``: an MD5 key cannot be checked against a one-way hash (A-3.5).
-    A reload swaps the whole user table at once. With plaintext secrets only
-    it never blocks, so it says so (``ami_server_nonblocking``) and logins
-    are decided on the loop; a ``secret_hash`` (scrypt, ~50 ms) sends the
-    chain to the auth worker threads.
+    One object per server (the plugin host instantiates the class). A
+    reload swaps the whole user table at once and closes or re-classes the
+    sessions of users that changed (D-8.9). With plaintext secrets only it
+    never blocks, so it says so (``ami_server_nonblocking``) and logins are
+    decided on the loop; a ``secret_hash`` (scrypt, ~50 ms) sends the chain
+    to the auth worker threads.
     """
 
-    def __init__(self, users: Mapping[str, UserConfig]) -> None:
+    def __init__(self) -> None:
         self._state: Tuple[Mapping[str, UserConfig], Dict[str, SecretHash]] = ({}, {})
-        self.replace_users(users)
+        self.ami_server_nonblocking = True
 
     @property
     def users(self) -> Mapping[str, UserConfig]:
         return self._state[0]
 
-    def replace_users(self, users: Mapping[str, UserConfig]) -> None:
+    def _use(self, users: Mapping[str, UserConfig]) -> None:
         hashes = {key: parse_secret_hash(user.secret_hash) for key, user in users.items() if user.secret_hash}
         self._state = (users, hashes)  # one assignment: a concurrent login sees old or new, never a mix
         self.ami_server_nonblocking = not hashes
+
+    @hookimpl
+    def register_actions(self, server: ServerHandle) -> None:
+        self._use(server.config.users)
+        server.on_reload(self._reloaded)
+
+    def _reloaded(self, config: Config, control: SessionControl) -> None:
+        """D-8.9 for the sessions this backend accepted: close or re-class those whose user changed."""
+        old = self.users
+        self._use(config.users)
+        for info in control.sessions():
+            if info.backend != "config" or not info.authenticated:
+                continue
+            key = info.username.lower()
+            before, after = old.get(key), config.users.get(key)
+            reason = None
+            if after is None:
+                reason = "user removed"
+            elif not after.enabled:
+                reason = "user disabled"
+            elif before is None or (before.secret, before.secret_hash) != (after.secret, after.secret_hash):
+                reason = "secret changed"
+            elif not after.acl.allows(info.peer_ip):
+                reason = "denied by ACL"
+            if reason is not None:
+                control.kick(info.session_id, reason)
+            else:
+                control.set_classes(info.session_id, after.read, after.write)
 
     @hookimpl
     def authenticate(self, request: AuthRequest) -> Optional[AuthDecision]:
@@ -75,4 +114,4 @@ class ConfigBackend:
 
     @staticmethod
     def _accept(user: UserConfig) -> AuthDecision:
-        return AuthDecision.accept(user.read, user.write, user.allow_multiple_login)
+        return AuthDecision.accept(user.read, user.write, user.allow_multiple_login, user.require_tls_for_plaintext)

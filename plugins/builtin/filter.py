@@ -18,7 +18,7 @@ def filter_action(ctx):
     except (re.error, RecursionError, OverflowError):
         return Response.error("Filter did not compile.  Check the syntax of the filter given.")
     try:
-        ctx.add_event_filter(pattern, include)
+        ctx.control.add_event_filter(pattern, include)
     except ActionError as exc:
         return exc.response
     return Response.success("Success")
@@ -27,5 +27,6 @@ def filter_action(ctx):
 @hookimpl
 def register_actions():
     return [
-        Action("Filter", filter_action, "Dynamically add filters for the current manager session.", "system")
+        Action("Filter", filter_action, "Dynamically add filters for the current manager session.", "system",
+               control=True)
     ]

@@ -1,13 +1,12 @@
 """ListCommands: the actions this session may run (B-5.7)."""
 
-from ami_server import Action, Response, hookimpl
-from ami_server.privileges import format_privilege
+from ami_server import Action, Response, format_privilege, hookimpl
 
 
 def listcommands(ctx):
     lines = [
         (a.name, f"{a.synopsis.rstrip()}  (Priv: {format_privilege(a.privileges)})")
-        for a in ctx.permitted_actions()
+        for a in ctx.control.permitted_actions()
     ]
     return Response.success(headers=lines)
 
@@ -15,5 +14,6 @@ def listcommands(ctx):
 @hookimpl
 def register_actions():
     return [
-        Action("ListCommands", listcommands, "List available manager commands.", (), read_only=True)
+        Action("ListCommands", listcommands, "List available manager commands.", (), read_only=True,
+               control=True)
     ]

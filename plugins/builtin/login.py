@@ -4,9 +4,9 @@ from ami_server import Action, hookimpl
 
 
 def login(ctx):
-    return ctx.login()
+    return ctx.control.login()
 
 
 @hookimpl
 def register_actions():
-    return [Action("Login", login, "Login Manager.", ())]
+    return [Action("Login", login, "Login Manager.", (), control=True)]

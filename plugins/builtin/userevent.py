@@ -1,7 +1,6 @@
 """UserEvent: publish an event of class ``user`` built from the request (B-5.9, B-5.10)."""
 
-from ami_server import Action, Event, Response, hookimpl
-from ami_server.protocol import clean
+from ami_server import Action, Event, Response, clean, hookimpl
 
 _NOT_COPIED = ("action", "userevent")
 

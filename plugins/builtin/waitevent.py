@@ -23,9 +23,9 @@ def waitevent(ctx):
         completion=Block("WaitEventComplete"),
         events_before_completion=True,
     )
-    return ctx.wait_for_event(parse_timeout(ctx.request.get("Timeout")), reply)
+    return ctx.control.wait_for_event(parse_timeout(ctx.request.get("Timeout")), reply)
 
 
 @hookimpl
 def register_actions():
-    return [Action("WaitEvent", waitevent, "Wait for an event to occur.", ())]
+    return [Action("WaitEvent", waitevent, "Wait for an event to occur.", (), control=True)]

@@ -1,0 +1,229 @@
+"""The narrow objects through which plugins act on the server.
+
+:class:`ServerHandle` is what a plugin keeps from ``register_actions``;
+:class:`ActionContext` is what a handler receives for one request;
+:class:`SessionControl` (``ctx.control``) is the session-management
+capability, given only to actions declared with ``control=True`` and to
+reload listeners. None of them exposes the server's internal objects: each
+forwards to a private backend that the core provides.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+from typing import TYPE_CHECKING, Any, Callable, List, Mapping, Optional, Tuple, Union
+
+from .records import Action, CommandOutput, Deferred, Event, Response, ServerStatus, SessionInfo, TimerHandle
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import Config
+    from .connection import Outbound, StreamProtocol
+    from .protocol import Message
+
+__all__ = ["ActionContext", "ServerHandle", "SessionControl"]
+
+
+class SessionControl:
+    """Session management: log in, set the mask, add filters, list, kick, reload.
+
+    Bound to the calling session inside a ``control`` action; a reload
+    listener receives one bound to no session, whose per-session methods
+    raise ``RuntimeError``. Every method must be called on the event loop.
+    """
+
+    __slots__ = ("_backend", "_request")
+
+    def __init__(self, backend: Any, request: Optional["Message"] = None) -> None:
+        self._backend = backend
+        self._request = request
+
+    # -- the calling session -----------------------------------------------
+    def login(self) -> Union[Response, Deferred]:
+        """Authenticate the calling session with its request's credentials (spec §3)."""
+        if self._request is None:
+            raise RuntimeError("login() needs a session and its Login request")
+        return self._backend.login(self._request)
+
+    def challenge(self) -> str:
+        """The calling session's MD5 challenge, created on first use (A-3.6)."""
+        return self._backend.challenge()
+
+    def set_event_mask(self, mask: int) -> None:
+        """Set the calling session's event mask for events published from now on (B-5.6)."""
+        self._backend.set_event_mask(mask)
+
+    def add_event_filter(self, pattern: "re.Pattern[str]", include: bool) -> None:
+        """Add an event filter (B-5.13): include or exclude events whose text matches ``pattern``."""
+        self._backend.add_event_filter(pattern, include)
+
+    def permitted_actions(self) -> List[Action]:
+        """The actions the calling session may run (C-4.3), sorted as ListCommands shows them."""
+        return self._backend.permitted_actions()
+
+    def wait_for_event(self, timeout: Optional[float], reply: Response) -> Deferred:
+        """Answer ``reply`` once an event for this session is queued, new input arrives,
+        or ``timeout`` seconds pass (``None``: no limit). The events queued meanwhile are
+        written as ``reply`` places them (B-5.11, B-5.12)."""
+        return self._backend.wait_for_event(timeout, reply)
+
+    # -- every session -----------------------------------------------------
+    def sessions(self) -> List[SessionInfo]:
+        """Snapshots of every live session."""
+        return self._backend.sessions()
+
+    def kick(self, session_id: str, reason: str) -> bool:
+        """Close a session at once (audited ``SessionRevoked``); False if there is none."""
+        return self._backend.kick(session_id, reason)
+
+    def set_classes(self, session_id: str, read: int, write: int) -> bool:
+        """Give a logged-in session new read and write classes (a reload's user change)."""
+        return self._backend.set_classes(session_id, read, write)
+
+    def reload(self) -> Tuple[bool, str]:
+        """Reload the configuration file; ``(ok, message)``."""
+        return self._backend.reload()
+
+
+class ServerHandle:
+    """What a plugin may do with the server outside of an action.
+
+    Passed to ``register_actions``. :meth:`publish`, :meth:`call_soon_threadsafe`
+    and :meth:`call_later` may be called from any thread; the others on the loop.
+    """
+
+    __slots__ = ("_host",)
+
+    def __init__(self, host: Any) -> None:
+        self._host = host
+
+    @property
+    def settings(self) -> Any:
+        """The ``[server]`` settings in force (a reload may replace them)."""
+        return self._host.config.server
+
+    @property
+    def config(self) -> "Config":
+        """The whole configuration in force: a frozen record (a reload replaces it)."""
+        return self._host.config
+
+    def status(self) -> ServerStatus:
+        """Counters and start/reload times of the server."""
+        return self._host.status()
+
+    def publish(self, event: Event) -> None:
+        """Publish an event to every session allowed to receive it (non-blocking, any thread)."""
+        self._host.publish(event)
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the event loop soon; safe from any thread."""
+        self._host.loop.call_soon_threadsafe(callback)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        """Run ``callback`` on the loop after ``delay`` seconds; safe from any thread."""
+        return self._host.loop.call_later(delay, callback)
+
+    def on_reload(self, listener: Callable[["Config", SessionControl], None]) -> None:
+        """Call ``listener(config, control)`` on the loop after each successful reload.
+
+        ``config`` is the new configuration; ``control`` can list, kick and
+        re-class sessions (for example those a changed user table no longer
+        admits). An exception is logged with the plugin's name and does not
+        undo the reload.
+        """
+        self._host.add_reload_listener(listener)
+
+    def connect(
+        self,
+        host: str,
+        port: int,
+        protocol: "StreamProtocol",
+        *,
+        tls: Optional[ssl.SSLContext] = None,
+        server_hostname: Optional[str] = None,
+        timeout: float = 10.0,
+    ) -> "Outbound":
+        """Open a client connection owned by the event loop (loop thread only).
+
+        The connect, the TLS handshake and every read and write run on the
+        loop without blocking; ``protocol`` is told ``connection_made``,
+        ``data_received`` and ``connection_lost`` (see
+        :class:`ami_server.connection.StreamProtocol`). A connect that takes
+        longer than ``timeout`` seconds ends in ``connection_lost``. Reconnect
+        with :class:`ami_server.Backoff` timers.
+        """
+        return self._host.connect(host, port, protocol, tls=tls, server_hostname=server_hostname, timeout=timeout)
+
+
+class ActionContext:
+    """What a handler receives: the request, a session snapshot and a few capabilities.
+
+    Ordinary plugin actions need only ``request``, ``session``, ``publish``,
+    ``log`` and ``config``. Actions declared ``control=True`` also get
+    :attr:`control`. In a ``blocking`` handler (a worker thread) ``publish``,
+    ``call_later`` and ``log`` work; ``control`` and ``run_cli`` raise
+    ``RuntimeError``.
+    """
+
+    __slots__ = ("request", "session", "config", "_log", "_backend")
+
+    def __init__(
+        self, request: "Message", session: SessionInfo, backend: Any, config: Mapping[str, Any], log: Any = None
+    ) -> None:
+        self.request = request
+        self.session = session
+        self.config = config
+        self._log = log
+        self._backend = backend
+
+    @property
+    def log(self) -> Any:
+        """A structlog logger bound to this plugin, action and session (made on first use)."""
+        if self._log is None:
+            self._log = self._backend.make_log()
+        return self._log
+
+    @property
+    def control(self) -> SessionControl:
+        """Session control (log in, masks, filters, sessions, kick, reload): ``control`` actions only."""
+        if not self._backend.has_control():
+            raise RuntimeError(f"action {self._backend.name!r} was not declared with control=True")
+        return SessionControl(self._backend, self.request)
+
+    def publish(self, event: Event) -> None:
+        """Publish an event; the calling session receives it after this reply (R-2.10)."""
+        self._backend.publish(event)
+
+    def timestamp(self) -> str:
+        """The wall clock in :func:`wall_timestamp`'s format, shared by the requests of one read.
+
+        The clock is read once for all requests that arrived in the same read
+        from the socket (pipelined requests), so the value lies after this
+        request arrived and before its reply is written, and handlers may
+        share a reply built from it (Ping does). Anywhere else -- a timer, a
+        deferred reply, a blocking handler -- it is read afresh.
+        """
+        return self._backend.timestamp()
+
+    def defer(self) -> Deferred:
+        """Create a reply to be completed later (returned from the handler)."""
+        return Deferred()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        """Run ``callback`` on the event loop after ``delay`` seconds (from any thread)."""
+        return self._backend.call_later(delay, callback)
+
+    def run_cli(self, text: str) -> Optional[CommandOutput]:
+        """Run the CLI command ``text`` names (B-5.16); ``None`` if no plugin provides it.
+
+        The command's handler sees this context with its own plugin's
+        ``config``. An :class:`ActionError` it raises propagates.
+        """
+        return self._backend.run_cli(self, text)
+
+    def _with_config(self, config: Mapping[str, Any]) -> "ActionContext":
+        return ActionContext(self.request, self.session, self._backend, config, self._log)
+
+    def server_status(self) -> ServerStatus:
+        """The server's counters and times."""
+        return self._backend.server_status()

@@ -1,0 +1,117 @@
+"""Session control: what :class:`~ami_server.context.SessionControl` does, on the loop.
+
+Only ``control`` actions (Login, Challenge, Events, Filter, WaitEvent,
+ListCommands, the admin actions) and reload listeners reach it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
+
+from .filters import EventFilters
+from .records import Action, ActionError, Deferred, Response, SessionInfo
+from .security import new_challenge
+from .session import ActionRun, Session
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .core import SessionCore
+    from .login import LoginPolicy
+    from .plugins import ActionRegistry
+    from .protocol import Message
+
+__all__ = ["ControlBackend", "ServerControl"]
+
+
+class ControlBackend:
+    """The session-control operations, given the session they act on."""
+
+    def __init__(
+        self,
+        core: "SessionCore",
+        login: "LoginPolicy",
+        registry: Callable[[], "ActionRegistry"],
+        reload: Callable[[], Tuple[bool, str]],
+    ) -> None:
+        self.core = core
+        self.outbox = core.outbox
+        self._login = login
+        self._registry = registry
+        self._reload = reload
+
+    def login(self, session: Session, run: ActionRun, request: "Message") -> Any:
+        return self._login.login(session, run, request)
+
+    def challenge(self, session: Session) -> str:
+        if session.challenge is None:
+            session.challenge = new_challenge()
+        return session.challenge
+
+    def set_event_mask(self, session: Session, mask: int) -> None:
+        self.outbox.settle()
+        session.mask = mask
+        session.changed()
+
+    def add_event_filter(self, session: Session, pattern: Any, include: bool) -> None:
+        self.outbox.settle()
+        filters = session.filters
+        if filters is None:
+            filters = session.filters = EventFilters()
+        if len(filters) >= EventFilters.LIMIT:
+            raise ActionError(f"Too many filters (at most {EventFilters.LIMIT} per session)")
+        (filters.include if include else filters.exclude).append(pattern)
+
+    def permitted_actions(self, session: Session) -> List[Action]:
+        write = session.write
+        return [
+            entry.action
+            for entry in self._registry().all()
+            if not entry.action.privileges or entry.action.privileges & write
+        ]
+
+    def wait_for_event(self, session: Session, run: ActionRun, timeout: Optional[float], reply: Response) -> Deferred:
+        deferred = Deferred()
+        if timeout == 0 or session.parser.has_input or session.pending:
+            deferred.complete(reply)
+            return deferred
+        run.wait_reply = reply
+        if timeout is not None:
+            run.timer = self.core.loop.call_later(timeout, lambda: deferred.complete(reply))
+        return deferred
+
+    def sessions(self) -> List[SessionInfo]:
+        return self.core.infos()
+
+    def kick(self, session_id: str, reason: str) -> bool:
+        return self.core.revoke(session_id, reason)
+
+    def set_classes(self, session_id: str, read: int, write: int) -> bool:
+        return self.core.set_classes(session_id, read, write)
+
+    def reload(self) -> Tuple[bool, str]:
+        return self._reload()
+
+
+class ServerControl:
+    """The backend of a :class:`SessionControl` bound to no session (reload listeners)."""
+
+    __slots__ = ("_control",)
+
+    def __init__(self, control: ControlBackend) -> None:
+        self._control = control
+
+    def _no_session(self, *args: Any) -> Any:
+        raise RuntimeError("this SessionControl is bound to no session")
+
+    login = challenge = set_event_mask = add_event_filter = permitted_actions = wait_for_event = _no_session
+
+    def sessions(self) -> List[SessionInfo]:
+        return self._control.sessions()
+
+    def kick(self, session_id: str, reason: str) -> bool:
+        return self._control.kick(session_id, reason)
+
+    def set_classes(self, session_id: str, read: int, write: int) -> bool:
+        return self._control.set_classes(session_id, read, write)
+
+    def reload(self) -> Tuple[bool, str]:
+        return self._control.reload()

@@ -1,0 +1,390 @@
+"""Request -> action run -> reply (R-2.1 to R-2.12, C-4.3).
+
+The dispatcher finds the action, checks the session's classes, runs the
+handler (on the loop, in a worker thread, or deferred), and writes the
+reply with the events held while it ran. A handler only answers: the
+ActionID echo, permission checks, error mapping, ordering and the audit
+record are the dispatcher's.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from .context import ActionContext
+from .protocol import Message, ReplyRenderer, encode, render_block, render_reply, render_response
+from .records import (
+    Action,
+    ActionError,
+    CommandOutput,
+    Deferred,
+    Event,
+    Response,
+    TimerHandle,
+    wall_timestamp,
+)
+from .session import AUTHENTICATED, CLOSING, ActionRun, Session
+from .workers import Outcome
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .control import ControlBackend
+    from .core import SessionCore
+    from .events import EventBus
+    from .login import LoginPolicy
+    from .loop import Loop
+    from .plugins import ActionRegistry
+    from .workers import WorkerPool
+
+__all__ = ["Dispatcher", "PRE_LOGIN"]
+
+#: Actions a session may run before it logged in (R-2.8 step 2).
+PRE_LOGIN = frozenset({"login", "logoff", "challenge"})
+
+
+class _Run(ActionRun):
+    """One action run, and the capabilities behind its :class:`ActionContext`.
+
+    A single object for both: one allocation fewer per request.
+    """
+
+    __slots__ = ("dispatcher", "session")
+
+    # Built with ActionRun's __init__; the dispatcher sets ``dispatcher`` and ``session``.
+    dispatcher: "Dispatcher"
+    session: Session
+
+    def _on_loop(self, what: str) -> None:
+        if not self.dispatcher.loop.in_loop_thread():
+            raise RuntimeError(f"{what}() may only be called on the event loop, not in a blocking handler")
+
+    def publish(self, event: Event) -> None:
+        self.dispatcher.bus.publish(event)
+
+    def timestamp(self) -> str:
+        dispatcher = self.dispatcher
+        shared = dispatcher.read_stamp
+        if shared:
+            return shared
+        stamp = wall_timestamp()
+        # Kept only inside a read, and only by the loop: a blocking handler's
+        # thread could otherwise store it after the read ended.
+        if shared is not None and dispatcher.loop.in_loop_thread():
+            dispatcher.read_stamp = stamp
+        return stamp
+
+    def make_log(self) -> Any:
+        plugin = self.entry.plugin if self.entry is not None else "core"
+        return self.dispatcher.log.bind(plugin=plugin, action=self.name, session=self.session.session_id)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        return self.dispatcher.loop.call_later(delay, callback)
+
+    def has_control(self) -> bool:
+        self._on_loop("control")
+        return self.entry is not None and self.entry.action.control
+
+    def run_cli(self, context: ActionContext, text: str) -> Optional[CommandOutput]:
+        self._on_loop("run_cli")
+        found = self.dispatcher.registry.find_cli(text)
+        if found is None:
+            return None
+        entry, args = found
+        result = entry.command.handler(context._with_config(entry.config), args)
+        if isinstance(result, CommandOutput):
+            return result
+        if isinstance(result, str):
+            return CommandOutput((result,))
+        return CommandOutput(tuple(result))
+
+    def server_status(self) -> Any:
+        return self.dispatcher.status()
+
+    # SessionControl's methods: the control backend, bound to this session and run.
+    def _control(self, what: str) -> "ControlBackend":
+        self._on_loop(what)
+        return self.dispatcher.control
+
+    def login(self, request: Message) -> Any:
+        return self._control("login").login(self.session, self, request)
+
+    def challenge(self) -> str:
+        return self._control("challenge").challenge(self.session)
+
+    def set_event_mask(self, mask: int) -> None:
+        self._control("set_event_mask").set_event_mask(self.session, mask)
+
+    def add_event_filter(self, pattern: Any, include: bool) -> None:
+        self._control("add_event_filter").add_event_filter(self.session, pattern, include)
+
+    def permitted_actions(self) -> Any:
+        return self._control("permitted_actions").permitted_actions(self.session)
+
+    def wait_for_event(self, timeout: Optional[float], reply: Response) -> Deferred:
+        return self._control("wait_for_event").wait_for_event(self.session, self, timeout, reply)
+
+    def sessions(self) -> Any:
+        return self._control("sessions").sessions()
+
+    def kick(self, session_id: str, reason: str) -> bool:
+        return self._control("kick").kick(session_id, reason)
+
+    def set_classes(self, session_id: str, read: int, write: int) -> bool:
+        return self._control("set_classes").set_classes(session_id, read, write)
+
+    def reload(self) -> Any:
+        return self._control("reload").reload()
+
+
+class Dispatcher:
+    """Runs one request of a session at a time and writes its reply."""
+
+    def __init__(
+        self,
+        core: "SessionCore",
+        loop: "Loop",
+        bus: "EventBus",
+        login: "LoginPolicy",
+        workers: "WorkerPool",
+        settings: Callable[[], Any],
+        audit_read_only: Callable[[], bool],
+        log: Any,
+        status: Callable[[], Any],
+    ) -> None:
+        self.core = core
+        self.outbox = core.outbox
+        self.audit = core.audit
+        self.loop = loop
+        self.bus = bus
+        self.login = login
+        self.workers = workers
+        self._settings = settings
+        self._audit_read_only = audit_read_only
+        self.log = log
+        self.status = status
+        self.registry: "ActionRegistry"
+        self.control: "ControlBackend"
+        #: The wall clock shared by the requests answered from one read (ActionContext.timestamp):
+        #: ``None`` outside such a read, ``""`` inside one until first asked.
+        self.read_stamp: Optional[str] = None
+        self._replies = ReplyRenderer()
+
+    def dispatch(self, session: Session, message: Message) -> None:
+        """R-2.8: the first step that answers ends it."""
+        action_id = message.action_id
+        write = self.outbox.write
+        if message.error is not None:
+            write(session, render_response("Error", action_id, message.error))
+            return
+        if self.core.shutting_down:
+            write(session, render_response("Error", action_id, "Asterisk is shutting down"))
+            return
+        name = message.action
+        if not name:
+            if not message.empty:
+                self.audit.security(session, "RequestBadFormat", extra=(("RequestType", "Action: NONE"),))
+            write(session, render_response("Error", action_id, "Missing action in request"))
+            return
+        registry = self.registry
+        if session.state != AUTHENTICATED:
+            key = name.lower()
+            if key not in PRE_LOGIN:
+                self.deny(session, name, action_id)
+                return
+            if key in ("login", "challenge"):
+                username = message.get("Username") or ""
+                if username and self.login.in_use(username):
+                    run = ActionRun(name, action_id, time.monotonic(), None, True)
+                    self.outbox.settle()
+                    session.current = run
+                    self.audit.security(session, "SessionLimit", account=username)
+                    failed = self.login.fail_later(session, run, "Login Already In Use", "login in use")
+                    self.handle_result(session, run, failed)
+                    return
+        entry = registry.by_spelling.get(name) or registry.by_name.get(name.lower())
+        if entry is None:
+            self.audit.security(session, "RequestBadFormat", extra=(("RequestType", _cut(f"Action: {name}", 63)),))
+            text = f"Invalid/unknown command: {name}. Use Action: ListCommands to show available commands."
+            write(session, render_response("Error", action_id, _cut(text, 511)))
+            return
+        action = entry.action
+        privileges = action.privileges
+        if privileges and not privileges & session.write:
+            self.deny(session, name, action_id)
+            return
+        audit = not action.read_only or self._audit_read_only()
+        run = _Run(action.name, action_id, time.monotonic() if audit else 0.0, entry, audit)
+        run.dispatcher = self
+        run.session = session
+        self.outbox.settle_for(session)  # events published before this action are not held back (Q-7.4)
+        session.current = run
+        context = ActionContext(message, session.info(), run, entry.config)
+        if action.blocking:
+            self._run_blocking(session, run, action, context)
+            return
+        try:
+            result = action.handler(context)
+        except ActionError as exc:
+            result = exc.response
+        except Exception as exc:  # noqa: BLE001 - R-2.12
+            self.handler_failed(session, run, exc)
+            return
+        if result.__class__ is Response:
+            self.finish(session, run, result)
+        else:
+            self.handle_result(session, run, result)
+
+    def handle_result(self, session: Session, run: ActionRun, result: Any) -> None:
+        if isinstance(result, Response):
+            self.finish(session, run, result)
+        elif isinstance(result, Deferred):
+            early = result._claim()
+            if early is not None:
+                # Completed before the handler returned (e.g. a Login decided on the
+                # loop): answered now, with no timer and no extra loop turn.
+                self.complete(session, run, early)
+                return
+            run.deferred = result
+            if run.timer is None and run.wait_reply is None and not session.state == CLOSING:
+                run.timer = self.loop.call_later(self._settings().action_timeout, lambda: self._timed_out(session, run))
+            result._bind(lambda response: self.resolve_threadsafe(session, run, response))
+        else:
+            self.handler_failed(
+                session, run, TypeError(f"handler returned {type(result).__name__}, not a Response or Deferred")
+            )
+
+    def _run_blocking(self, session: Session, run: ActionRun, action: Action, context: ActionContext) -> None:
+        """Run a blocking handler in the worker pool; its outcome comes back to the loop."""
+
+        def done(outcome: Outcome) -> None:
+            self.loop.call_soon_threadsafe(lambda: self._blocking_done(session, run, outcome))
+
+        if not self.workers.submit(lambda: action.handler(context), done):
+            self.log.warning(
+                "WorkerQueueFull", action=run.name, session=session.session_id,
+                limit=self._settings().worker_queue_limit,
+            )
+            self.finish(session, run, Response.error("Server busy, try again later"))
+            return
+        run.timer = self.loop.call_later(self._settings().action_timeout, lambda: self._timed_out(session, run))
+
+    def _blocking_done(self, session: Session, run: ActionRun, outcome: Outcome) -> None:
+        value, exc = outcome
+        if session.closed or session.current is not run:
+            self.log.info("LateReplyDiscarded", action=run.name, session=session.session_id)
+            return
+        if isinstance(exc, ActionError):
+            value = exc.response
+        elif exc is not None:
+            self.handler_failed(session, run, exc)
+            self.core.resume_soon(session)
+            return
+        if isinstance(value, Deferred):
+            self.handle_result(session, run, value)
+        else:
+            self.complete(session, run, value)
+
+    def resolve_threadsafe(self, session: Session, run: ActionRun, response: Any) -> None:
+        if self.loop.in_loop_thread():
+            self.loop.call_soon(lambda: self.complete(session, run, response))
+        else:
+            self.loop.call_soon_threadsafe(lambda: self.complete(session, run, response))
+
+    def complete(self, session: Session, run: ActionRun, response: Any) -> None:
+        """A deferred reply arrived on the loop: write it unless it is stale."""
+        if session.closed or session.current is not run:
+            return
+        if run.deferred is not None:
+            run.deferred._cancel()
+        if not isinstance(response, Response):
+            self.handler_failed(
+                session, run, TypeError(f"deferred completed with {type(response).__name__}, not a Response")
+            )
+        else:
+            self.finish(session, run, response)
+        if not session.closed:
+            self.core.resume_soon(session)
+
+    def _timed_out(self, session: Session, run: ActionRun) -> None:
+        if session.closed or session.current is not run:
+            return
+        timeout = self._settings().action_timeout
+        self.log.warning("ActionTimedOut", action=run.name, session=session.session_id, timeout=timeout)
+        if run.deferred is not None:
+            run.deferred._cancel()
+        self.finish(session, run, Response.error("Action timed out"))
+        self.core.resume_soon(session)
+
+    def handler_failed(self, session: Session, run: ActionRun, exc: BaseException) -> None:
+        plugin = run.entry.plugin if run.entry else "core"
+        self.log.error(
+            "ActionFailed", action=run.name, plugin=plugin, session=session.session_id,
+            error=repr(exc), traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        )
+        self.finish(session, run, Response.error("Internal error"))
+
+    def finish(self, session: Session, run: ActionRun, response: Response) -> None:
+        """Write a complete reply, then the events queued meanwhile (R-2.9, R-2.10)."""
+        outbox = self.outbox
+        outbox.settle_for(session)  # events published while it ran are queued behind the reply
+        if run.timer is not None:
+            run.timer.cancel()
+        action_id = run.action_id
+        if (
+            not response.blocks and response.completion is None and not response.close
+            and not session.pending and response.__class__ is Response
+        ):
+            # The common reply: one block and nothing queued behind it.
+            try:
+                replies = self._replies
+                if response is replies.last:  # answered the previous request too (Ping in a read)
+                    data = replies.render(response, response.status, action_id, response.message,
+                                          response.headers, response.list_start)
+                else:
+                    replies.last = response
+                    data = render_reply(response.status, action_id, response.message, response.headers,
+                                        response.list_start)
+            except Exception as exc:  # noqa: BLE001 - an invalid reply is an internal error
+                self.handler_failed(session, run, exc)
+                return
+            session.current = None
+            outbox.write(session, data)
+            if run.audit:
+                self.audit.executed(session, run, response)
+            return
+        try:
+            parts = [render_response(response.status, action_id, response.message, response.headers, response.list_start)]
+            for block in response.blocks:
+                parts.append(render_block(block.name, block.headers, action_id if block.with_action_id else ""))
+            completion = b""
+            if response.completion is not None:
+                block = response.completion
+                completion = render_block(block.name, block.headers, action_id if block.with_action_id else "")
+        except Exception as exc:  # noqa: BLE001 - an invalid reply is an internal error
+            if response.status == "Error" and response.message == "Internal error":
+                raise
+            self.handler_failed(session, run, exc)
+            return
+        if completion and not response.events_before_completion:
+            parts.append(completion)
+            completion = b""
+        session.current = None
+        outbox.reply(session, parts, completion, response.close)
+        if run.audit:
+            self.audit.executed(session, run, response)
+        if response.close:
+            self.core.close_after_flush(session, session.close_reason or "logoff")
+
+    def deny(self, session: Session, name: str, action_id: str) -> None:
+        self.audit.security(session, "RequestNotAllowed", extra=(("RequestType", _cut(f"Action: {name}", 63)),))
+        self.audit.record("ActionDenied", self.audit.who(session), action=name, action_id=action_id)
+        self.outbox.write(session, render_response("Error", action_id, "Permission denied"))
+
+
+def _cut(text: str, limit: int) -> str:
+    """Cut ``text`` to ``limit`` bytes of UTF-8 as Asterisk's fixed buffers do."""
+    data = encode(text)
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode("utf-8", "surrogateescape")

@@ -1,0 +1,327 @@
+"""The login policy (spec §3): the authentication chain, its outcome, and the rules around it.
+
+The ``authenticate`` hook is a chain of backends in ``[auth] backends``
+order; the first answer wins (A-3.15). It runs in the auth worker threads,
+or on the loop when every backend promises never to block. Every field of
+the winning :class:`~ami_server.AuthDecision` is applied here: the classes,
+the rejection reason (which security event), ``allow_multiple_login``
+(A-3.13) and ``require_tls_for_plaintext``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple
+
+import pluggy
+
+from .acl import normalize_ip
+from .hooks import plugin_callers
+from .privileges import CLASSES, parse_event_mask
+from .protocol import Message
+from .records import AuthDecision, AuthRequest, Block, Deferred, Response
+from .session import AUTHENTICATED, CLOSING, ActionRun, Session
+from .workers import Outcome
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .core import SessionCore
+    from .loop import Loop
+    from .workers import WorkerPool
+
+__all__ = ["LoginPolicy", "AuthChainError", "NONBLOCKING_ATTRIBUTE"]
+
+#: A plugin object with this attribute set to True promises its ``authenticate`` never blocks.
+NONBLOCKING_ATTRIBUTE = "ami_server_nonblocking"
+_SYSTEM = CLASSES["system"]
+_REJECT_EVENTS = {
+    "acl_denied": "FailedACL",
+    "unknown_user": "InvalidAccountID",
+    "invalid_password": "InvalidPassword",
+    "challenge_failed": "ChallengeResponseFailed",
+}
+#: (backend name, plugin object, caller of its ``authenticate`` alone)
+Chain = List[Tuple[str, Any, Any]]
+
+
+class AuthChainError(Exception):
+    """``[auth] backends`` names a plugin that does not implement ``authenticate``."""
+
+
+def build_chain(manager: pluggy.PluginManager, backends: Sequence[str], source: str) -> Chain:
+    """The backends named in ``[auth] backends``, in that order: installing a
+    package never silently adds an authenticator."""
+    callers = dict(plugin_callers(manager, "authenticate", backends))
+    missing = [name for name in backends if name not in callers]
+    if missing:
+        raise AuthChainError(f"{source}: auth.backends: no loaded plugin named {missing[0]!r} implements authenticate")
+    return [(name, manager.get_plugin(name), callers[name]) for name in backends]
+
+
+class _Attempt:
+    """One Login's trip through the backend chain; ``settled`` drops a late answer."""
+
+    __slots__ = ("request", "deferred", "backend", "settled")
+
+    def __init__(self, request: AuthRequest, deferred: Deferred) -> None:
+        self.request = request
+        self.deferred = deferred
+        #: The backend being asked right now (named in a timeout's audit record).
+        self.backend: Optional[str] = None
+        self.settled = False
+
+
+class LoginPolicy:
+    """Decides Logins and applies the outcome to the session."""
+
+    def __init__(
+        self,
+        core: "SessionCore",
+        loop: "Loop",
+        workers: "WorkerPool",
+        config: Callable[[], Any],
+        started: Callable[[], Tuple[float, float]],
+    ) -> None:
+        self.core = core
+        self.outbox = core.outbox
+        self.audit = core.audit
+        self.loop = loop
+        self.workers = workers
+        self._config = config
+        #: (monotonic start, monotonic last reload) for FullyBooted.
+        self._started = started
+        self.chain: Chain = []
+
+    # -- A-3.13 -----------------------------------------------------------
+    def in_use(self, username: str, decision: Optional[AuthDecision] = None) -> bool:
+        """Would another session of ``username`` break a single-login rule?
+
+        Before the backends answer, only a live session of the user that
+        logged in under the rule counts; with the ``decision``, its own
+        ``allow_multiple_login`` (or the server's setting) applies as well.
+        """
+        key = username.lower()
+        sessions = [s for s in self.core.authenticated.values() if s.user_key == key]
+        if not sessions:
+            return False
+        if any(s.single_login for s in sessions):
+            return True
+        return decision is not None and not self._multiple_allowed(decision)
+
+    def _multiple_allowed(self, decision: AuthDecision) -> bool:
+        if decision.allow_multiple_login is not None:
+            return decision.allow_multiple_login
+        return self._config().server.allow_multiple_login
+
+    def _plaintext_refused(self, session: Session, decision: AuthDecision) -> bool:
+        """``require_tls_for_plaintext``: a plaintext Secret only over TLS or from loopback."""
+        required = decision.require_tls_for_plaintext
+        if required is None:
+            required = self._config().server.require_tls_for_plaintext
+        if not required or session.transport == "TLS":
+            return False
+        try:
+            return not normalize_ip(session.remote[0]).is_loopback
+        except ValueError:
+            return True
+
+    # -- A-3.8 ------------------------------------------------------------
+    def fail_later(
+        self, session: Session, run: ActionRun, message: str, reason: str, deferred: Optional[Deferred] = None
+    ) -> Deferred:
+        """Enter CLOSING now, answer ``message`` after the delay, then close."""
+        self.outbox.settle()
+        session.state = CLOSING
+        session.close_reason = reason
+        session.changed()
+        if deferred is None:
+            deferred = Deferred()
+        if run.timer is not None:
+            run.timer.cancel()
+        answer = deferred
+        run.timer = self.loop.call_later(
+            self._config().server.login_failure_delay,
+            lambda: answer.complete(Response("Error", message, close=True)),
+        )
+        return deferred
+
+    # -- the chain --------------------------------------------------------
+    def login(self, session: Session, run: ActionRun, request: Message) -> Any:
+        if session.state == AUTHENTICATED:
+            return Response.success("Already authenticated")
+        username = request.get("Username") or ""
+        who = self.audit.who
+        if not username:
+            self.audit.record("LoginFailed", who(session, ""), reason="no username")
+            return self.fail_later(session, run, "Authentication failed", "login failed")
+        md5 = (request.get("AuthType") or "").lower() == "md5"
+        auth = AuthRequest(
+            username=username,
+            auth_type="md5" if md5 else "plain",
+            secret=None if md5 else request.get("Secret"),
+            challenge=session.challenge if md5 else None,
+            key=request.get("Key") if md5 else None,
+            remote_address=session.remote_address,
+            local_address=session.local_address,
+            transport=session.transport,
+            peer_ip=session.peer_ip,
+        )
+        deferred = Deferred()
+        attempt = _Attempt(auth, deferred)
+        chain = self.chain
+        config = self._config()
+        tables = config.plugins.tables
+        if all(getattr(plugin, NONBLOCKING_ATTRIBUTE, False) is True for _, plugin, _ in chain):
+            # Every backend promised never to block: decide on the loop, no thread hop.
+            try:
+                outcome: Outcome = (_ask_backends(chain, tables, attempt), None)
+            except Exception as exc:  # noqa: BLE001 - fail closed like a worker would
+                outcome = (None, exc)
+            self._decided(session, run, request, attempt, outcome)
+            return deferred
+
+        def done(outcome: Outcome) -> None:
+            self.loop.call_soon_threadsafe(lambda: self._decided(session, run, request, attempt, outcome))
+
+        if not self.workers.submit(lambda: _ask_backends(chain, tables, attempt), done):
+            self.audit.record(
+                "AuthBackendError", who(session, username), backend=None,
+                error="too many logins waiting for a backend",
+            )
+            return self.fail_later(session, run, "Authentication failed", "login failed", deferred)
+        timeout = config.auth.timeout
+        run.timer = self.loop.call_later(timeout, lambda: self._timed_out(session, run, attempt, timeout))
+        return deferred
+
+    def _timed_out(self, session: Session, run: ActionRun, attempt: _Attempt, timeout: float) -> None:
+        if attempt.settled or session.closed or session.current is not run:
+            return
+        attempt.settled = True
+        self.audit.record(
+            "AuthBackendError", self.audit.who(session, attempt.request.username), backend=attempt.backend,
+            error=f"no answer within {timeout:g} s",
+        )
+        self._reject(session, run, attempt, None, AuthDecision.reject())
+
+    def _decided(self, session: Session, run: ActionRun, request: Message, attempt: _Attempt, outcome: Outcome) -> None:
+        """The backend chain answered (on the loop): accept or reject the Login."""
+        if attempt.settled or session.closed or session.current is not run:
+            return
+        attempt.settled = True
+        if run.timer is not None:
+            run.timer.cancel()
+            run.timer = None
+        value, exc = outcome
+        username = attempt.request.username
+        if exc is not None:
+            value = (attempt.backend, None, f"authentication chain failed: {exc!r}")
+        backend, decision, error = value
+        if error is not None:
+            self.audit.record("AuthBackendError", self.audit.who(session, username), backend=backend, error=error)
+            decision = AuthDecision.reject()
+        if decision is None:
+            decision = AuthDecision.reject("unknown_user")
+        if not decision.accepted:
+            self._reject(session, run, attempt, backend, decision)
+            return
+        if attempt.request.auth_type == "plain" and self._plaintext_refused(session, decision):
+            self.audit.record(
+                "LoginFailed", self.audit.who(session, username), auth_type="plain",
+                reason="plaintext secret refused without TLS", backend=backend,
+            )
+            self.fail_later(session, run, "Authentication failed", "login failed", attempt.deferred)
+            return
+        if self.in_use(username, decision):
+            # Another session of this user is logged in and the rule forbids a second (A-3.13).
+            self.audit.security(session, "SessionLimit", account=username)
+            self.fail_later(session, run, "Login Already In Use", "login in use", attempt.deferred)
+            return
+        attempt.deferred.complete(self._accept(session, request, decision, backend, attempt.request.auth_type))
+
+    def _reject(
+        self, session: Session, run: ActionRun, attempt: _Attempt, backend: Optional[str], decision: AuthDecision
+    ) -> None:
+        username = attempt.request.username
+        event = _REJECT_EVENTS.get(decision.reason or "")
+        if event == "ChallengeResponseFailed":
+            self.audit.security(session, event, account=username, extra=(("Challenge", session.challenge or ""),))
+        elif event:
+            self.audit.security(session, event, account=username)
+        fields = {"detail": decision.detail} if decision.detail else {}
+        self.audit.record(
+            "LoginFailed", self.audit.who(session, username), auth_type=attempt.request.auth_type,
+            reason=decision.reason or "rejected", backend=backend, **fields,
+        )
+        self.fail_later(session, run, "Authentication failed", "login failed", attempt.deferred)
+
+    def _accept(
+        self, session: Session, request: Message, decision: AuthDecision, backend: Optional[str], auth_type: str
+    ) -> Response:
+        """A-3.7: authenticate, publish SuccessfulAuth, answer, FullyBooted, pending events."""
+        self.outbox.settle()  # events published before this login are not for this session
+        username = request.get("Username") or ""
+        session.state = AUTHENTICATED
+        session.username = username
+        session.user_key = username.lower()
+        session.read = decision.read
+        session.write = decision.write
+        session.backend = backend
+        session.single_login = not self._multiple_allowed(decision)
+        mask = parse_event_mask(request.get("Events"))
+        if mask is not None:
+            session.mask = mask
+        session.login_time = time.time()
+        if session.auth_timer is not None:
+            session.auth_timer.cancel()
+            session.auth_timer = None
+        self.core.unauthenticated -= 1
+        self.core.authenticated[session.key] = session
+        session.changed()
+        self.audit.record("LoginSucceeded", self.audit.who(session), auth_type=auth_type, backend=backend)
+        self.audit.security(session, "SuccessfulAuth", extra=(("UsingPassword", "0"),))
+        blocks: Tuple[Block, ...] = ()
+        if session.read & session.mask & _SYSTEM:
+            now = time.monotonic()
+            started, reloaded = self._started()
+            blocks = (
+                Block(
+                    "FullyBooted",
+                    (
+                        ("Privilege", "system,all"),
+                        ("Uptime", str(int(now - started))),
+                        ("LastReload", str(int(now - reloaded))),
+                        ("Status", "Fully Booted"),
+                    ),
+                    with_action_id=False,
+                ),
+            )
+        return Response("Success", "Authentication accepted", blocks=blocks)
+
+
+def _ask_backends(chain: Chain, tables: Any, attempt: _Attempt) -> Tuple[Optional[str], Optional[AuthDecision], Optional[str]]:
+    """Ask each backend in order (A-3.15), in an auth worker or on the loop.
+
+    Returns ``(backend, decision, error)``; any failure is an ``error`` and
+    the login is then rejected (fail closed).
+    """
+    for name, _, caller in chain:
+        attempt.backend = name
+        try:
+            result = caller(request=attempt.request, config=tables.get(name, {}))
+        except Exception as exc:  # noqa: BLE001 - fail closed, audited by the caller
+            return name, None, _without_credentials(repr(exc), attempt.request)
+        if result is None:
+            continue
+        if not isinstance(result, AuthDecision):
+            return name, None, f"returned {type(result).__name__}, not an AuthDecision"
+        return name, result, None
+    return None, None, None
+
+
+def _without_credentials(text: str, request: AuthRequest) -> str:
+    """A backend's error text may quote what it was given: never let it reach the log."""
+    from .audit import REDACTED
+
+    for value in (request.secret, request.key):
+        if value:
+            text = text.replace(value, REDACTED)
+    return text

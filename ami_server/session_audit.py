@@ -1,0 +1,81 @@
+"""The audit records about sessions: who a session is, actions answered, security events (A-3.14 to A-3.16)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional, Tuple
+
+from .audit import TRUSTED_FIELDS_KEY, AuditFields, RecordKind
+from .records import Response
+from .security import security_event
+from .session import ActionRun, Session
+
+__all__ = ["SessionAudit"]
+
+#: Audit fields whose values the server makes itself (never client input): not scrubbed.
+TRUSTED_AUDIT_FIELDS = frozenset({
+    "event", "audit", "level", "timestamp", "session", "remote_address", "local_address", "remote_ip", "tls",
+    "result", "duration_ms", "duration", "limit", "buffered", "timeout", "auth_type", "backend",
+})
+#: The fields about a session that the server made (the username is what a client typed).
+_TRUSTED_WHO_FIELDS = frozenset({"session", "remote_address", "local_address", "remote_ip", "tls"})
+#: One per answered action: the hottest record; ``action`` is the registered name.
+_EXECUTED = RecordKind(
+    "ActionExecuted", ("action", "action_id", "result", "message", "duration_ms"), TRUSTED_AUDIT_FIELDS | {"action"}
+)
+
+
+class SessionAudit:
+    """Writes the server's audit records; security events go out on the bus too."""
+
+    __slots__ = ("log", "publish")
+
+    def __init__(self, audit_log: Any, publish: Any) -> None:
+        self.log = audit_log
+        #: The bus's publish(event, audit_fields).
+        self.publish = publish
+
+    def record(self, record: str, about: Optional[AuditFields] = None, /, **fields: Any) -> None:
+        """Write the audit record ``record``: ``about`` (see :meth:`who`), then ``fields``."""
+        fields[TRUSTED_FIELDS_KEY] = TRUSTED_AUDIT_FIELDS
+        self.log.record(record, fields, about)
+
+    @staticmethod
+    def who(session: Session, username: Optional[str] = None) -> AuditFields:
+        """The fields every audit record about a session carries (kept until its username changes)."""
+        who = session.who
+        if who is None or who["username"] != session.username:
+            who = session.who = AuditFields({
+                "session": session.session_id,
+                "remote_address": session.remote_address,
+                "local_address": session.local_address,
+                "remote_ip": session.peer_ip,
+                "tls": session.transport == "TLS",
+                "username": session.username,
+            }, _TRUSTED_WHO_FIELDS)
+        if username is not None and username != who["username"]:
+            return AuditFields({**who, "username": username}, _TRUSTED_WHO_FIELDS)
+        return who
+
+    def executed(self, session: Session, run: ActionRun, response: Response) -> None:
+        """ActionExecuted: one per answered (audited) action."""
+        self.log.write(_EXECUTED, self.who(session), (
+            run.name, run.action_id, response.status, response.message,
+            round((time.monotonic() - run.started) * 1000, 3),
+        ))
+
+    def security(
+        self, session: Session, name: str, account: Optional[str] = None, extra: Tuple[Tuple[str, str], ...] = ()
+    ) -> None:
+        """Publish the security event ``name`` about ``session`` (A-3.14); it is audited too."""
+        account_id = session.username if account is None else account
+        event = security_event(
+            name,
+            session_id=session.session_id,
+            local_address=session.local_address,
+            remote_address=session.remote_address,
+            account_id=account_id,
+            session_tv=session.login_time,
+            extra=extra,
+        )
+        self.publish(event, self.who(session, account_id))
