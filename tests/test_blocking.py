@@ -47,7 +47,7 @@ class SlowPlugin:
         return deferred
 
     def misuse(self, ctx):
-        return Response.success(ctx.challenge())
+        return Response.success(ctx.control.challenge())
 
     @hookimpl
     def register_actions(self):
@@ -57,7 +57,8 @@ class SlowPlugin:
             Action("FailBlocking", self.fail, "Raise.", "user", blocking=True),
             Action("RefuseBlocking", self.refuse, "ActionError.", "user", blocking=True),
             Action("LaterBlocking", self.later, "Defer from a worker.", "user", blocking=True),
-            Action("MisuseBlocking", self.misuse, "Session method off the loop.", "user", blocking=True),
+            Action("MisuseBlocking", self.misuse, "Session method off the loop.", "user", blocking=True,
+                   control=True),
         ]
 
 

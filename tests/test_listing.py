@@ -85,7 +85,7 @@ def test_loaded_broken_disabled_and_missing_plugins_are_all_reported(plugin_dir)
     assert reports["switched_off"].status == "disabled"
     assert reports["userevent"].status == "disabled" and reports["userevent"].group == "builtin"
     assert reports["absent_plugin"].status == "missing"
-    assert reports["config"].hooks == ("authenticate",)
+    assert reports["config"].hooks == ("authenticate", "register_actions")
     assert reports["config"].target == "ami_server.builtin.config_auth:ConfigBackend"
     assert [a.name for a in reports["ping"].actions] == ["Ping"]
 

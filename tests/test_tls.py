@@ -185,7 +185,7 @@ def test_bad_certificates_stop_start_up_naming_the_key(certificate, tmp_path, ch
     try:
         with pytest.raises(ServerError, match=message):
             server.start()
-        assert server.listener is None
+        assert server.listeners == {}
     finally:
         server.loop.close()
 
