@@ -9,6 +9,7 @@ from .acl import AddressACL
 from .config import Config, UserConfig
 from .connection import Backoff, Outbound, StreamProtocol
 from .context import ActionContext, ServerHandle, SessionControl
+from .events import EventBus
 from .hookspecs import hookimpl
 from .passwords import SecretHash, hash_secret, parse_secret_hash, verify_secret
 from .privileges import format_privilege, parse_event_mask
@@ -47,6 +48,7 @@ __all__ = [
     "Config",
     "Deferred",
     "Event",
+    "EventBus",
     "Outbound",
     "Response",
     "SecretHash",

@@ -19,6 +19,7 @@ from .records import Action, CommandOutput, Deferred, Event, Response, ServerSta
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Config
     from .connection import Outbound, StreamProtocol
+    from .events import EventBus
     from .protocol import Message
 
 __all__ = ["ActionContext", "ServerHandle", "SessionControl"]
@@ -114,6 +115,11 @@ class ServerHandle:
     def publish(self, event: Event) -> None:
         """Publish an event to every session allowed to receive it (non-blocking, any thread)."""
         self._host.publish(event)
+
+    @property
+    def bus(self) -> "EventBus":
+        """The event bus: ``subscribe`` to every event delivered here, ``inject`` events from elsewhere."""
+        return self._host.bus
 
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the event loop soon; safe from any thread."""

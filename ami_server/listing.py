@@ -63,6 +63,10 @@ class _InertHost:
     def add_reload_listener(self, listener: Any) -> None:
         pass
 
+    @property
+    def bus(self) -> Any:
+        raise RuntimeError("no server is running")
+
     def status(self) -> Any:
         raise RuntimeError("no server is running")
 
