@@ -101,6 +101,9 @@ class UserConfig:
     acl: AddressACL = field(default_factory=AddressACL)
     require_tls_for_plaintext: Optional[bool] = None
     enabled: bool = True
+    #: ``[users.<name>.attributes]``: data for plugins (a gateway's policy, say), handed on
+    #: with the login decision as ``SessionInfo.attributes``.
+    attributes: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -289,6 +292,13 @@ def _classes(reader: _Reader, name: str) -> int:
         raise reader.error(name, f"{exc.reason}: {exc.token!r}") from None
 
 
+def _attributes(user: _Reader) -> Mapping[str, Any]:
+    value = user.table.pop("attributes", {})
+    if not isinstance(value, dict):
+        raise user.error("attributes", f"must be a table, not {_type_name(value)}")
+    return MappingProxyType(dict(value))
+
+
 def _users(reader: _Reader) -> Mapping[str, UserConfig]:
     users: dict[str, UserConfig] = {}
     for name in list(reader.table):
@@ -327,6 +337,7 @@ def _users(reader: _Reader) -> Mapping[str, UserConfig]:
             acl=acl,
             require_tls_for_plaintext=user.bool("require_tls_for_plaintext", None),
             enabled=bool(user.bool("enabled", True)),
+            attributes=_attributes(user),
         )
         user.finish()
     reader.finish()

@@ -93,10 +93,15 @@ class ServerHandle:
     and :meth:`call_later` may be called from any thread; the others on the loop.
     """
 
-    __slots__ = ("_host",)
+    __slots__ = ("_host", "_plugin")
 
-    def __init__(self, host: Any) -> None:
+    def __init__(self, host: Any, plugin: str = "") -> None:
         self._host = host
+        self._plugin = plugin
+
+    def _for(self, plugin: str) -> "ServerHandle":
+        """The handle given to ``plugin`` (it names the plugin in what it registers)."""
+        return ServerHandle(self._host, plugin)
 
     @property
     def settings(self) -> Any:
@@ -138,6 +143,38 @@ class ServerHandle:
         undo the reload.
         """
         self._host.add_reload_listener(listener)
+
+    def add_action_guard(self, guard: Callable[[SessionInfo, str, Optional["Message"]], Optional[str]]) -> None:
+        """Ask ``guard(session, action, request)`` before every action of a logged-in session.
+
+        Return ``None`` to allow it, or a short name of the rule that refuses
+        it: the client gets ``Permission denied`` (as for missing classes) and
+        the ``ActionDenied`` audit record carries ``rule``. Raise
+        :class:`ActionError` to answer with another error (a rate limit).
+        ``ListCommands`` asks with ``request=None``: refuse by name only then.
+        Guards run on the loop, after the class check, in the order added; an
+        exception refuses the action.
+        """
+        self._host.dispatcher.guards.append(guard)
+
+    def add_event_guard(self, guard: Callable[[SessionInfo], Optional[Callable[[str], bool]]]) -> None:
+        """At each login call ``guard(session)``; a predicate it returns must accept an event's
+        name for the session to receive the event (on top of classes, mask and filters)."""
+        self._host.login.event_guards.append(guard)
+
+    def add_action_lister(self, lister: Callable[[SessionInfo], Any]) -> None:
+        """Add ``lister(session)``'s :class:`Action` records to what ``ListCommands`` shows
+        (actions another server answers); classes and guards still apply."""
+        self._host.control.listers.append(lister)
+
+    def route_unknown(self, action: Action) -> None:
+        """Let ``action`` answer every action no plugin registered, for logged-in sessions.
+
+        ``ctx.request.action`` is the name the client sent; classes of
+        ``action.privileges`` and the guards apply as for any action. One
+        plugin may claim this; a second call raises ``RuntimeError``.
+        """
+        self._host.route_unknown(action, self._plugin)
 
     def connect(
         self,

@@ -15,6 +15,7 @@ from .session import ActionRun, Session
 
 if TYPE_CHECKING:  # pragma: no cover
     from .core import SessionCore
+    from .dispatch import Dispatcher
     from .login import LoginPolicy
     from .plugins import ActionRegistry
     from .protocol import Message
@@ -37,6 +38,9 @@ class ControlBackend:
         self._login = login
         self._registry = registry
         self._reload = reload
+        self.dispatcher: "Dispatcher"
+        #: Plugins' lists of further actions for ListCommands (ServerHandle.add_action_lister).
+        self.listers: List[Callable[[SessionInfo], Any]] = []
 
     def login(self, session: Session, run: ActionRun, request: "Message") -> Any:
         return self._login.login(session, run, request)
@@ -61,11 +65,21 @@ class ControlBackend:
         (filters.include if include else filters.exclude).append(pattern)
 
     def permitted_actions(self, session: Session) -> List[Action]:
+        """Local and listed actions the session's classes and every guard allow, by name."""
         write = session.write
+        actions = {entry.action.name.lower(): entry.action for entry in self._registry().all()}
+        if self.listers:
+            info = session.info()
+            for lister in self.listers:
+                for action in lister(info):
+                    actions.setdefault(action.name.lower(), action)
+        guarded = bool(self.dispatcher.guards)
+        info = session.info()
         return [
-            entry.action
-            for entry in self._registry().all()
-            if not entry.action.privileges or entry.action.privileges & write
+            action
+            for _, action in sorted(actions.items())
+            if (not action.privileges or action.privileges & write)
+            and not (guarded and self.dispatcher.denial(info, action.name, None))
         ]
 
     def wait_for_event(self, session: Session, run: ActionRun, timeout: Optional[float], reply: Response) -> Deferred:

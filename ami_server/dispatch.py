@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 
 from .context import ActionContext
 from .protocol import Message, ReplyRenderer, encode, render_block, render_reply, render_response
@@ -22,6 +22,7 @@ from .records import (
     Deferred,
     Event,
     Response,
+    SessionInfo,
     TimerHandle,
     wall_timestamp,
 )
@@ -34,13 +35,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from .events import EventBus
     from .login import LoginPolicy
     from .loop import Loop
-    from .plugins import ActionRegistry
+    from .plugins import ActionRegistry, RegisteredAction
     from .workers import WorkerPool
 
 __all__ = ["Dispatcher", "PRE_LOGIN"]
 
 #: Actions a session may run before it logged in (R-2.8 step 2).
 PRE_LOGIN = frozenset({"login", "logoff", "challenge"})
+#: guard(session, action name, request or None) -> None to allow, or the name of the rule that refuses.
+Guard = Callable[[SessionInfo, str, Optional[Message]], Optional[str]]
 
 
 class _Run(ActionRun):
@@ -165,6 +168,10 @@ class Dispatcher:
         self.status = status
         self.registry: "ActionRegistry"
         self.control: "ControlBackend"
+        #: Plugin guards asked before every action of a logged-in session (ServerHandle.add_action_guard).
+        self.guards: List[Guard] = []
+        #: The plugin action that answers actions no plugin registered (ServerHandle.route_unknown).
+        self.router: Optional["RegisteredAction"] = None
         #: The wall clock shared by the requests answered from one read (ActionContext.timestamp):
         #: ``None`` outside such a read, ``""`` inside one until first asked.
         self.read_stamp: Optional[str] = None
@@ -203,6 +210,8 @@ class Dispatcher:
                     self.handle_result(session, run, failed)
                     return
         entry = registry.by_spelling.get(name) or registry.by_name.get(name.lower())
+        if entry is None and self.router is not None and session.state == AUTHENTICATED:
+            entry = self.router
         if entry is None:
             self.audit.security(session, "RequestBadFormat", extra=(("RequestType", _cut(f"Action: {name}", 63)),))
             text = f"Invalid/unknown command: {name}. Use Action: ListCommands to show available commands."
@@ -213,8 +222,11 @@ class Dispatcher:
         if privileges and not privileges & session.write:
             self.deny(session, name, action_id)
             return
+        run_name = action.name if entry is not self.router else name
+        if self.guards and session.state == AUTHENTICATED and self._guarded(session, run_name, message):
+            return
         audit = not action.read_only or self._audit_read_only()
-        run = _Run(action.name, action_id, time.monotonic() if audit else 0.0, entry, audit)
+        run = _Run(run_name, action_id, time.monotonic() if audit else 0.0, entry, audit)
         run.dispatcher = self
         run.session = session
         self.outbox.settle_for(session)  # events published before this action are not held back (Q-7.4)
@@ -376,10 +388,39 @@ class Dispatcher:
         if response.close:
             self.core.close_after_flush(session, session.close_reason or "logoff")
 
-    def deny(self, session: Session, name: str, action_id: str) -> None:
+    def deny(self, session: Session, name: str, action_id: str, rule: Optional[str] = None,
+             response: Optional[Response] = None) -> None:
+        """Refuse an action (C-4.3, or a plugin guard's ``rule``): audited, ``Permission denied``
+        unless the guard answered otherwise."""
         self.audit.security(session, "RequestNotAllowed", extra=(("RequestType", _cut(f"Action: {name}", 63)),))
-        self.audit.record("ActionDenied", self.audit.who(session), action=name, action_id=action_id)
-        self.outbox.write(session, render_response("Error", action_id, "Permission denied"))
+        fields = {"rule": rule} if rule is not None else {}
+        self.audit.record("ActionDenied", self.audit.who(session), action=name, action_id=action_id, **fields)
+        if response is None:
+            self.outbox.write(session, render_response("Error", action_id, "Permission denied"))
+        else:
+            self.outbox.write(session, render_reply(response.status, action_id, response.message, response.headers))
+
+    def denial(self, info: SessionInfo, name: str, request: Optional[Message]) -> Optional[Tuple[str, Optional[Response]]]:
+        """The first guard's refusal of ``name`` for this session: ``(rule, response)``, or None."""
+        for guard in self.guards:
+            try:
+                rule = guard(info, name, request)
+            except ActionError as exc:
+                return str(exc), exc.response
+            except Exception as exc:  # noqa: BLE001 - a failing guard refuses (fail closed)
+                self.log.error("ActionGuardFailed", action=name, error=repr(exc),
+                               traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+                return "guard failed", None
+            if rule:
+                return str(rule), None
+        return None
+
+    def _guarded(self, session: Session, name: str, message: Message) -> bool:
+        refused = self.denial(session.info(), name, message)
+        if refused is None:
+            return False
+        self.deny(session, name, message.action_id, *refused)
+        return True
 
 
 def _cut(text: str, limit: int) -> str:

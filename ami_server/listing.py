@@ -73,6 +73,18 @@ class _InertHost:
     def connect(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("no server is running")
 
+    def route_unknown(self, action: Any, plugin: str) -> None:
+        pass
+
+    class dispatcher:  # noqa: N801 - guards are collected and never asked while listing
+        guards: list = []
+
+    class login:  # noqa: N801
+        event_guards: list = []
+
+    class control:  # noqa: N801
+        listers: list = []
+
     class loop:  # noqa: N801 - stands in for the loop's two scheduling calls
         @staticmethod
         def call_soon_threadsafe(callback: Any) -> None:

@@ -90,6 +90,8 @@ class LoginPolicy:
         #: (monotonic start, monotonic last reload) for FullyBooted.
         self._started = started
         self.chain: Chain = []
+        #: Plugins' event-name predicates for a session, asked once per login (ServerHandle.add_event_guard).
+        self.event_guards: List[Callable[[Any], Optional[Callable[[str], bool]]]] = []
 
     # -- A-3.13 -----------------------------------------------------------
     def in_use(self, username: str, decision: Optional[AuthDecision] = None) -> bool:
@@ -265,6 +267,7 @@ class LoginPolicy:
         session.read = decision.read
         session.write = decision.write
         session.backend = backend
+        session.attributes = decision.attributes
         session.single_login = not self._multiple_allowed(decision)
         mask = parse_event_mask(request.get("Events"))
         if mask is not None:
@@ -276,6 +279,8 @@ class LoginPolicy:
         self.core.unauthenticated -= 1
         self.core.authenticated[session.key] = session
         session.changed()
+        if self.event_guards:
+            self._install_event_guards(session)
         self.audit.record("LoginSucceeded", self.audit.who(session), auth_type=auth_type, backend=backend)
         self.audit.security(session, "SuccessfulAuth", extra=(("UsingPassword", "0"),))
         blocks: Tuple[Block, ...] = ()
@@ -295,6 +300,26 @@ class LoginPolicy:
                 ),
             )
         return Response("Success", "Authentication accepted", blocks=blocks)
+
+
+    def _install_event_guards(self, session: Session) -> None:
+        from .filters import EventFilters
+
+        info = session.info()
+        for factory in self.event_guards:
+            try:
+                accepts = factory(info)
+            except Exception as exc:  # noqa: BLE001 - a failing guard lets no event through (fail closed)
+                self.audit.record("EventGuardFailed", self.audit.who(session), error=repr(exc))
+                accepts = _refuse_all
+            if accepts is not None:
+                if session.filters is None:
+                    session.filters = EventFilters()
+                session.filters.names.append(accepts)
+
+
+def _refuse_all(name: str) -> bool:
+    return False
 
 
 def _ask_backends(chain: Chain, tables: Any, attempt: _Attempt) -> Tuple[Optional[str], Optional[AuthDecision], Optional[str]]:

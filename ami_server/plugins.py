@@ -351,7 +351,7 @@ def collect_actions(
         record = by_name.get(plugin)
         who = record.describe() if record else f"plugin {plugin!r}"
         try:
-            entries, clis = _actions_of(caller, handle, plugin, tables.get(plugin, {}))
+            entries, clis = _actions_of(caller, handle._for(plugin), plugin, tables.get(plugin, {}))
             registry.add_all(entries, builtin=record is not None and record.group == "builtin", clis=clis)
         except PluginLoadError as exc:
             if failures is None:

@@ -280,6 +280,8 @@ class SessionInfo:
     backend: Optional[str] = None
     #: The client's IP address, IPv4-mapped IPv6 shown as IPv4 (for ACL checks).
     peer_ip: str = ""
+    #: What the accepting backend attached to the login (``AuthDecision.attributes``).
+    attributes: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -318,7 +320,9 @@ class AuthDecision:
 
     On an acceptance, ``allow_multiple_login`` and ``require_tls_for_plaintext``
     override the ``[server]`` settings of the same names for this user
-    (``None``: the server's setting applies).
+    (``None``: the server's setting applies), and ``attributes`` is data for
+    other plugins (a gateway's per-user policy), shown to them as
+    ``SessionInfo.attributes``.
     """
 
     accepted: bool
@@ -328,6 +332,7 @@ class AuthDecision:
     allow_multiple_login: Optional[bool] = None
     detail: str = ""
     require_tls_for_plaintext: Optional[bool] = None
+    attributes: Mapping[str, Any] = field(default_factory=dict)
 
     REASONS = ("unknown_user", "acl_denied", "invalid_password", "challenge_failed", None)
 
@@ -344,8 +349,12 @@ class AuthDecision:
         write: Any = 0,
         allow_multiple_login: Optional[bool] = None,
         require_tls_for_plaintext: Optional[bool] = None,
+        attributes: Optional[Mapping[str, Any]] = None,
     ) -> "AuthDecision":
-        return cls(True, read, write, None, allow_multiple_login, require_tls_for_plaintext=require_tls_for_plaintext)
+        return cls(
+            True, read, write, None, allow_multiple_login, require_tls_for_plaintext=require_tls_for_plaintext,
+            attributes=attributes or {},
+        )
 
     @classmethod
     def reject(cls, reason: Optional[str] = None, detail: str = "") -> "AuthDecision":

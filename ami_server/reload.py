@@ -11,6 +11,7 @@ users that changed.
 from __future__ import annotations
 
 import ssl
+from dataclasses import replace
 import time
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
@@ -57,6 +58,9 @@ def reload(server: "Server", new: Optional[Config] = None) -> Tuple[bool, str]:
     server.redactor.add_secrets(secrets_of(new))
     server.actions = server.actions.with_tables(new.plugins.tables)
     server.dispatcher.registry = server.actions
+    router = server.dispatcher.router
+    if router is not None:
+        server.dispatcher.router = replace(router, config=new.plugins.tables.get(router.plugin, {}))
     server.core.outbox.limit = new.server.output_queue_limit
     server.workers.resize(new.server.worker_threads, new.server.worker_queue_limit)
     server.auth_workers.resize(new.auth.worker_threads, new.server.auth_limit)

@@ -29,8 +29,15 @@ from .events import EventBus
 from .hooks import ContainedHook
 from .login import AuthChainError, LoginPolicy, build_chain
 from .loop import Loop
-from .plugins import ActionRegistry, PluginRecord, collect_actions, create_plugin_manager, load_plugins
-from .records import Event, ServerStatus
+from .plugins import (
+    ActionRegistry,
+    PluginRecord,
+    RegisteredAction,
+    collect_actions,
+    create_plugin_manager,
+    load_plugins,
+)
+from .records import Action, Event, ServerStatus
 from .reload import reload as _reload, secrets_of
 from .session_audit import SessionAudit
 from .workers import WorkerPool
@@ -109,6 +116,7 @@ class Server:
             session, run, run.wait_reply)
         self.control = ControlBackend(self.core, self.login, lambda: self.actions, self.reload)
         self.dispatcher.control = self.control
+        self.control.dispatcher = self.dispatcher
         self.handle = ServerHandle(self)
 
     def _settings(self) -> Any:
@@ -307,6 +315,14 @@ class Server:
         if not self.loop.in_loop_thread():
             raise RuntimeError("connect() may only be called on the event loop")
         return Outbound(self.loop, host, port, protocol, **options)
+
+    def route_unknown(self, action: Action, plugin: str) -> None:
+        if self.dispatcher.router is not None:
+            raise RuntimeError(
+                f"plugin {plugin!r} cannot route unknown actions: plugin "
+                f"{self.dispatcher.router.plugin!r} already does"
+            )
+        self.dispatcher.router = RegisteredAction(action, plugin, self.config.plugins.tables.get(plugin, {}))
 
     def add_reload_listener(self, listener: Callable[[Config, SessionControl], None]) -> None:
         self._reload_listeners.append(listener)

@@ -7,7 +7,7 @@ the small :class:`Link` interface.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import TYPE_CHECKING, Any, List, Mapping, Optional
 
 from .acl import ip_of
 from .filters import EventFilters
@@ -72,7 +72,7 @@ class Session:
         "current", "eof", "close_after_flush", "close_reason", "auth_timer",
         "linger_timer", "closed", "_info", "opened_at", "opened",
         "filters", "backend", "peer_ip", "resume_pending", "who", "receives",
-        "output_paused", "single_login",
+        "output_paused", "single_login", "attributes",
     )
 
     def __init__(self, key: int, link: Link, session_id: str, remote: Any, local: Any,
@@ -126,6 +126,8 @@ class Session:
         #: Logged in with multiple logins refused for its user (A-3.13): a
         #: further Login of that user is refused before the backends are asked.
         self.single_login = False
+        #: AuthDecision.attributes of the accepted login.
+        self.attributes: Mapping[str, Any] = {}
 
     @property
     def authenticated(self) -> bool:
@@ -149,6 +151,7 @@ class Session:
                 login_time=self.login_time,
                 backend=self.backend,
                 peer_ip=self.peer_ip,
+                attributes=self.attributes,
             )
         return self._info
 

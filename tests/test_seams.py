@@ -106,3 +106,105 @@ def test_backoff_doubles_to_its_cap_with_jitter_below_the_nominal_delay():
     assert 0.4 <= backoff.next() <= 0.5
     with pytest.raises(ValueError):
         Backoff(initial=0, cap=1)
+
+
+class Policy:
+    """A plugin that uses every policy seam: guards, an event guard, a lister and the unknown-action route."""
+
+    @hookimpl
+    def register_actions(self, server):
+        from ami_server import Action, ActionError, Response
+
+        def guard(session, action, request):
+            allowed = session.attributes.get("actions")
+            if allowed is not None and action.lower() not in allowed:
+                return "actions list"
+            if action == "Originate" and request is not None and request.get("Context") != "crm":
+                raise ActionError("Context not allowed", {"Rule": "context"})
+            return None
+
+        def events(session):
+            hidden = session.attributes.get("hide_events")
+            return None if hidden is None else (lambda name: name not in hidden)
+
+        def forward(ctx):
+            return Response.success("Forwarded", {"Name": ctx.request.action})
+
+        server.add_action_guard(guard)
+        server.add_event_guard(events)
+        server.add_action_lister(lambda session: [Action("Originate", forward, "Originate a call.", "originate")])
+        server.route_unknown(Action("Forward", forward, "Forward to the upstream.", ()))
+
+
+def policy_server():
+    users = {
+        **USERS,
+        "crm": {"secret": "crmpass", "read": "system,call,user", "write": "all",
+                "attributes": {"actions": ["ping", "originate", "listcommands", "userevent"],
+                               "hide_events": ["Hidden"]}},
+    }
+    return MemoryServer(make_config({"users": users}), extra_plugins=[("policy", Policy())])
+
+
+def crm_login(memory):
+    peer = memory.connect()
+    peer.send(b"Action: Login\r\nUsername: crm\r\nSecret: crmpass\r\n\r\n")
+    peer.read()
+    return peer
+
+
+def test_guards_refuse_with_the_rule_audited_or_answer_their_own_error():
+    with policy_server() as memory:
+        peer = crm_login(memory)
+        assert peer.session.info().attributes["actions"][0] == "ping"  # [users.crm.attributes]
+        peer.send(b"Action: CoreStatus\r\nActionID: c\r\n\r\n")
+        assert peer.read() == b"Response: Error\r\nActionID: c\r\nMessage: Permission denied\r\n\r\n"
+        assert memory.log.records("ActionDenied")[-1]["rule"] == "actions list"
+        peer.send(b"Action: Originate\r\nActionID: o\r\nContext: other\r\n\r\n")
+        assert peer.read() == b"Response: Error\r\nActionID: o\r\nMessage: Context not allowed\r\nRule: context\r\n\r\n"
+        assert memory.log.records("ActionDenied")[-1]["rule"] == "Context not allowed"
+        peer.send(b"Action: Originate\r\nActionID: o2\r\nContext: crm\r\n\r\n")
+        assert peer.read() == b"Response: Success\r\nActionID: o2\r\nMessage: Forwarded\r\nName: Originate\r\n\r\n"
+        assert memory.log.records("ActionExecuted")[-1]["action"] == "Originate"
+
+
+def test_list_commands_shows_listed_actions_that_classes_and_guards_allow_b_5_7():
+    with policy_server() as memory:
+        peer = crm_login(memory)
+        peer.send(b"Action: ListCommands\r\n\r\n")
+        (reply,) = parse_blocks(peer.read())
+        assert [name for name, _ in reply.lines[1:]] == ["ListCommands", "Originate", "Ping", "UserEvent"]
+        admin = memory.connect()
+        admin.send(b"Action: Login\r\nUsername: admin\r\nSecret: adminpass\r\nEvents: off\r\n\r\n")
+        admin.read()
+        admin.send(b"Action: ListCommands\r\n\r\n")
+        (reply,) = parse_blocks(admin.read())
+        assert "Originate" in reply and "SessionKick" in reply
+
+
+def test_an_event_guard_hides_event_names_from_a_session():
+    with policy_server() as memory:
+        peer = crm_login(memory)
+        peer.send(b"Action: UserEvent\r\nUserEvent: X\r\n\r\n")
+        memory.server.publish(Event("Hidden", "user", {}))
+        memory.server.publish(Event("Shown", "user", {}))
+        memory.run()
+        names = [b.get("Event") or b.get("Response") for b in parse_blocks(peer.read())]
+        assert names == ["Success", "UserEvent", "Shown"]
+
+
+def test_only_one_plugin_may_route_unknown_actions():
+    class Second(Policy):
+        pass
+
+    config = make_config({"users": USERS})
+    with pytest.raises(Exception, match="cannot route unknown actions: plugin 'one' already does"):
+        MemoryServer(config, extra_plugins=[("one", Policy()), ("two", Second())])
+
+
+def test_unknown_actions_before_login_are_never_routed():
+    with policy_server() as memory:
+        peer = memory.connect()
+        peer.read()
+        peer.send(b"Action: Originate\r\n\r\n")
+        assert peer.read() == b"Response: Error\r\nMessage: Permission denied\r\n\r\n"

@@ -114,4 +114,6 @@ class ConfigBackend:
 
     @staticmethod
     def _accept(user: UserConfig) -> AuthDecision:
-        return AuthDecision.accept(user.read, user.write, user.allow_multiple_login, user.require_tls_for_plaintext)
+        return AuthDecision.accept(
+            user.read, user.write, user.allow_multiple_login, user.require_tls_for_plaintext, user.attributes
+        )
