@@ -122,6 +122,11 @@ class ServerHandle:
         self._host.publish(event)
 
     @property
+    def plugin_config(self) -> Mapping[str, Any]:
+        """This plugin's ``[plugins.<name>]`` table in force (empty if absent; a reload replaces it)."""
+        return self._host.config.plugins.tables.get(self._plugin, {})
+
+    @property
     def bus(self) -> "EventBus":
         """The event bus: ``subscribe`` to every event delivered here, ``inject`` events from elsewhere."""
         return self._host.bus

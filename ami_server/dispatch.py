@@ -259,7 +259,7 @@ class Dispatcher:
                 return
             run.deferred = result
             if run.timer is None and run.wait_reply is None and not session.state == CLOSING:
-                run.timer = self.loop.call_later(self._settings().action_timeout, lambda: self._timed_out(session, run))
+                run.timer = self.loop.call_later(self._timeout(run), lambda: self._timed_out(session, run))
             result._bind(lambda response: self.resolve_threadsafe(session, run, response))
         else:
             self.handler_failed(
@@ -279,7 +279,12 @@ class Dispatcher:
             )
             self.finish(session, run, Response.error("Server busy, try again later"))
             return
-        run.timer = self.loop.call_later(self._settings().action_timeout, lambda: self._timed_out(session, run))
+        run.timer = self.loop.call_later(self._timeout(run), lambda: self._timed_out(session, run))
+
+    def _timeout(self, run: ActionRun) -> float:
+        """The action's own timeout, else ``[server] action_timeout``."""
+        own = run.entry.action.timeout if run.entry is not None else None
+        return own if own is not None else self._settings().action_timeout
 
     def _blocking_done(self, session: Session, run: ActionRun, outcome: Outcome) -> None:
         value, exc = outcome
@@ -321,7 +326,7 @@ class Dispatcher:
     def _timed_out(self, session: Session, run: ActionRun) -> None:
         if session.closed or session.current is not run:
             return
-        timeout = self._settings().action_timeout
+        timeout = self._timeout(run)
         self.log.warning("ActionTimedOut", action=run.name, session=session.session_id, timeout=timeout)
         if run.deferred is not None:
             run.deferred._cancel()

@@ -376,6 +376,8 @@ class Action:
     pool instead of on the event loop; its reply is handed back to the loop.
     A ``control`` action (Login, Events, SessionKick, ...) receives the
     session-control capability as ``ctx.control``; other actions do not.
+    ``timeout`` replaces ``[server] action_timeout`` for this action's
+    deferred or blocking replies (a synchronous Originate waits longer).
     """
 
     name: str
@@ -385,6 +387,7 @@ class Action:
     read_only: bool = False
     blocking: bool = False
     control: bool = False
+    timeout: Optional[float] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _ACTION_NAME_RE.match(self.name):
@@ -400,6 +403,8 @@ class Action:
             or "\n" in self.synopsis
         ):
             raise ValueError(f"action {self.name!r}: synopsis must be one non-empty line")
+        if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and 0 < self.timeout <= 86400):
+            raise ValueError(f"action {self.name!r}: timeout must be a number of seconds in (0, 86400]")
         try:
             object.__setattr__(self, "privileges", mask_of(self.privileges))
         except ClassListError as exc:

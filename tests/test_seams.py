@@ -208,3 +208,33 @@ def test_unknown_actions_before_login_are_never_routed():
         peer.read()
         peer.send(b"Action: Originate\r\n\r\n")
         assert peer.read() == b"Response: Error\r\nMessage: Permission denied\r\n\r\n"
+
+
+class Slow:
+    """A deferred action with its own timeout, and a plugin that reads its table at start-up."""
+
+    @hookimpl
+    def register_actions(self, server):
+        from ami_server import Action
+
+        self.table = dict(server.plugin_config)
+
+        def slow(ctx):
+            return ctx.defer()  # never answered
+
+        return [Action("Slow", slow, "Never answers.", (), timeout=5.0)]
+
+
+def test_an_action_timeout_replaces_the_server_setting_and_plugin_config_is_read_at_start():
+    slow = Slow()
+    config = make_config({"users": USERS, "plugins": {"slow": {"depth": 3}}}, action_timeout=1.0)
+    with MemoryServer(config, extra_plugins=[("slow", slow)]) as memory:
+        assert slow.table == {"depth": 3}
+        peer = memory.connect()
+        peer.send(b"Action: Login\r\nUsername: admin\r\nSecret: adminpass\r\nEvents: off\r\n\r\n")
+        peer.read()
+        peer.send(b"Action: Slow\r\nActionID: s\r\n\r\n")
+        memory.advance(4.9)
+        assert peer.read() == b""
+        memory.advance(0.2)
+        assert peer.read() == b"Response: Error\r\nActionID: s\r\nMessage: Action timed out\r\n\r\n"
