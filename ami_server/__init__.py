@@ -24,6 +24,7 @@ from .api import (
     action,
     wall_timestamp,
 )
+from .filters import compile_filter
 from .hookspecs import hookimpl
 from .passwords import hash_secret, verify_secret
 
@@ -46,6 +47,7 @@ __all__ = [
     "SessionInfo",
     "TimerHandle",
     "action",
+    "compile_filter",
     "hash_secret",
     "hookimpl",
     "verify_secret",
