@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional, Tuple, Union
 from .acl import AddressACL
 from .passwords import parse_secret_hash
 from .privileges import ClassListError, parse_class_list
+from .protocol import ascii_lower
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -147,8 +148,8 @@ class Config:
         return self.auth.backends
 
     def user(self, username: str) -> Optional[UserConfig]:
-        """Case-insensitive user lookup (A-3.3)."""
-        return self.users.get(username.lower())
+        """User lookup, ASCII-case-insensitive (A-3.3): no look-alike letter names a user."""
+        return self.users.get(ascii_lower(username))
 
 
 class _Reader:
@@ -294,7 +295,7 @@ def _users(reader: _Reader) -> Mapping[str, UserConfig]:
     for name in list(reader.table):
         if not re.fullmatch(r"[A-Za-z0-9_.@+-]+", name):
             raise reader.error(name, "user names may use letters, digits and _ . @ + - only")
-        if name.lower() in users:
+        if ascii_lower(name) in users:
             raise reader.error(name, "duplicate user (user names are case-insensitive)")
         user = reader.sub(name)
         has_secret, has_hash = "secret" in user.table, "secret_hash" in user.table
@@ -317,7 +318,7 @@ def _users(reader: _Reader) -> Mapping[str, UserConfig]:
         except ValueError as exc:
             key, _, problem = str(exc).partition(": ")
             raise user.error(key, problem) from None
-        users[name.lower()] = UserConfig(
+        users[ascii_lower(name)] = UserConfig(
             name=name,
             secret=secret,
             read=_classes(user, "read"),

@@ -9,6 +9,7 @@ from typing import Dict, Mapping, Optional, Tuple
 from ami_server import AuthDecision, AuthRequest, hookimpl
 from ami_server.config import UserConfig
 from ami_server.passwords import SecretHash, parse_secret_hash, verify_secret
+from ami_server.protocol import ascii_lower
 
 
 def md5_key(challenge: str, secret: str) -> str:
@@ -48,7 +49,7 @@ class ConfigBackend:
     @hookimpl
     def authenticate(self, request: AuthRequest) -> Optional[AuthDecision]:
         users, hashes = self._state
-        key = request.username.lower()
+        key = ascii_lower(request.username)  # ASCII only, as strcasecmp
         user = users.get(key)
         if user is None:
             return None

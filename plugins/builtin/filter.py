@@ -5,13 +5,14 @@ regex is searched on the event loop, so it must never backtrack (D-8.18).
 """
 
 from ami_server import Action, ActionError, Response, compile_filter, hookimpl
+from ami_server.protocol import ascii_lower
 
 DID_NOT_COMPILE = "Filter did not compile.  Check the syntax of the filter given."
 
 
 def filter_action(ctx):
     operation = ctx.request.get("Operation")
-    if not operation or operation.lower() != "add":
+    if not operation or ascii_lower(operation) != "add":
         return Response.error("Unknown operation")
     text = ctx.request.get("Filter")
     if not text:
