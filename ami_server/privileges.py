@@ -109,7 +109,10 @@ def parse_event_mask(value: Optional[str]) -> Optional[int]:
     if not value:
         return None
     if value.isascii() and value.isdigit():
-        number = int(value)
+        digits = value.lstrip("0")
+        if len(digits) > len(str(_MAX_NUMERIC_MASK)):
+            return None  # out of range; and int() refuses over 4300 digits
+        number = int(digits or "0")
         if number > _MAX_NUMERIC_MASK:
             return None
         return number & ALL
