@@ -13,7 +13,7 @@ from .events import EventBus
 from .hookspecs import hookimpl
 from .passwords import SecretHash, hash_secret, parse_secret_hash, verify_secret
 from .privileges import format_privilege, parse_event_mask
-from .protocol import clean
+from .protocol import ascii_lower, clean
 from .records import (
     Action,
     ActionError,
@@ -32,6 +32,7 @@ from .records import (
     wall_timestamp,
 )
 from .security import format_tv
+from .filters import compile_filter
 
 __all__ = [
     "__version__",
@@ -60,7 +61,9 @@ __all__ = [
     "TimerHandle",
     "UserConfig",
     "action",
+    "ascii_lower",
     "clean",
+    "compile_filter",
     "format_privilege",
     "format_tv",
     "hash_secret",

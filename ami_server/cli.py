@@ -9,7 +9,7 @@ import sys
 from typing import Callable, Dict, List, Optional
 
 from ._version import __version__
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, check_sample_secrets, load_config, plaintext_exposure_warnings
 from .server import Server, ServerError
 
 __all__ = ["main"]
@@ -37,16 +37,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config)
+        check_sample_secrets(config)
     except ConfigError as exc:
         print(f"ami-server: configuration error: {exc}", file=sys.stderr)
         return 1
+    warnings = plaintext_exposure_warnings(config)
     if args.check_config:
+        for text in warnings:
+            print(f"ami-server: warning: {text}", file=sys.stderr)
         return _check(config, args.config)
     try:
         server = Server(config)
     except ServerError as exc:
         print(f"ami-server: {exc}", file=sys.stderr)
         return 1
+    for text in warnings:
+        # In the server's own log (file or stderr), where operators look for it.
+        server.log.warning("PlaintextLoginsExposed", detail=text)
     try:
         server.start()
     except ServerError as exc:

@@ -6,17 +6,19 @@ are errors, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping, Optional, Tuple, Union
+from typing import Any, List, Mapping, Optional, Tuple, Union
 
 from .acl import AddressACL
 from .passwords import parse_secret_hash
 from .privileges import ClassListError, parse_class_list
+from .protocol import ascii_lower
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,6 +36,10 @@ __all__ = [
     "Config",
     "load_config",
     "parse_config",
+    "SAMPLE_SECRETS",
+    "is_loopback_host",
+    "check_sample_secrets",
+    "plaintext_exposure_warnings",
 ]
 
 _VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)+$")
@@ -150,8 +156,8 @@ class Config:
         return self.auth.backends
 
     def user(self, username: str) -> Optional[UserConfig]:
-        """Case-insensitive user lookup (A-3.3)."""
-        return self.users.get(username.lower())
+        """User lookup, ASCII-case-insensitive (A-3.3): no look-alike letter names a user."""
+        return self.users.get(ascii_lower(username))
 
 
 class _Reader:
@@ -304,7 +310,7 @@ def _users(reader: _Reader) -> Mapping[str, UserConfig]:
     for name in list(reader.table):
         if not re.fullmatch(r"[A-Za-z0-9_.@+-]+", name):
             raise reader.error(name, "user names may use letters, digits and _ . @ + - only")
-        if name.lower() in users:
+        if ascii_lower(name) in users:
             raise reader.error(name, "duplicate user (user names are case-insensitive)")
         user = reader.sub(name)
         has_secret, has_hash = "secret" in user.table, "secret_hash" in user.table
@@ -327,7 +333,7 @@ def _users(reader: _Reader) -> Mapping[str, UserConfig]:
         except ValueError as exc:
             key, _, problem = str(exc).partition(": ")
             raise user.error(key, problem) from None
-        users[name.lower()] = UserConfig(
+        users[ascii_lower(name)] = UserConfig(
             name=name,
             secret=secret,
             read=_classes(user, "read"),
@@ -421,3 +427,83 @@ def load_config(path: Union[str, Path]) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, "", f"invalid TOML: {exc}") from None
     return parse_config(data, source, Path(path).resolve().parent)
+
+
+# -- start-up safety checks ----------------------------------------------------
+
+#: Secrets of the sample ``config.toml``: published, so anyone can log in with them.
+SAMPLE_SECRETS = frozenset({"change-me", "dashboard-secret"})
+
+
+def is_loopback_host(host: str) -> bool:
+    """True only for ``localhost`` and loopback IP literals; any other name counts as reachable."""
+    if ascii_lower(host) == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def _listeners(config: Config) -> List[Tuple[str, str, bool]]:
+    """``(key, host, tls)`` for each listener the configuration opens."""
+    found = [("server.host", config.server.host, False)]
+    if config.server.tls is not None:
+        found.append(("server.tls.host", config.server.tls.host, True))
+    return found
+
+
+def check_sample_secrets(config: Config) -> None:
+    """Refuse a sample secret on a listener other clients can reach.
+
+    The sample ``config.toml`` is public, so its secrets are no secret; on
+    loopback only local users can try them. Raises :class:`ConfigError`
+    naming the file, the user's key and how to set a real secret. Disabled
+    users and ``secret_hash`` users are not checked.
+    """
+    exposed = [(key, host) for key, host, _ in _listeners(config) if not is_loopback_host(host)]
+    if not exposed:
+        return
+    key, host = exposed[0]
+    for user in config.users.values():
+        if user.enabled and user.secret in SAMPLE_SECRETS:
+            raise ConfigError(
+                config.source, f"users.{user.name}.secret",
+                f"is the sample configuration's placeholder, and {key} = {host!r} is not a loopback "
+                f"address; refusing to start. Set a secret of your own, or run 'ami-server hash-secret' "
+                f"and put its output in users.{user.name}.secret_hash instead of secret",
+            )
+
+
+def plaintext_exposure_warnings(config: Config) -> List[str]:
+    """Warnings for a plain-TCP listener, not on loopback, that accepts plaintext ``Secret`` logins.
+
+    Such a login sends the secret readable by anyone on the path. It is possible
+    unless ``require_tls_for_plaintext`` holds for every user (the server
+    setting, or each user's override) -- MD5 logins are not counted.
+    """
+    host = config.server.host
+    if is_loopback_host(host):
+        return []
+    default = config.server.require_tls_for_plaintext
+    users = sorted(
+        user.name for user in config.users.values()
+        if user.enabled and not (default if user.require_tls_for_plaintext is None else user.require_tls_for_plaintext)
+    )
+    others = [] if default else [b for b in config.auth.backends if b != "config"]
+    if not users and not others:
+        return []
+    who = []
+    if users:
+        who.append(f"users {', '.join(users)}")
+    if others:
+        who.append(f"users of the backends {', '.join(others)}")
+    return [
+        f"{config.source}: server.host: {host!r} is not a loopback address and that listener has no TLS: "
+        f"{' and '.join(who)} can log in with a plaintext Secret readable on the network. "
+        f"Set [server] require_tls_for_plaintext = true and add a [server.tls] listener, "
+        f"or listen on 127.0.0.1"
+    ]

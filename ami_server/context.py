@@ -10,7 +10,6 @@ forwards to a private backend that the core provides.
 
 from __future__ import annotations
 
-import re
 import ssl
 from typing import TYPE_CHECKING, Any, Callable, List, Mapping, Optional, Tuple, Union
 
@@ -20,6 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import Config
     from .connection import Outbound, StreamProtocol
     from .events import EventBus
+    from .filters import FilterPattern
     from .protocol import Message
 
 __all__ = ["ActionContext", "ServerHandle", "SessionControl"]
@@ -54,8 +54,12 @@ class SessionControl:
         """Set the calling session's event mask for events published from now on (B-5.6)."""
         self._backend.set_event_mask(mask)
 
-    def add_event_filter(self, pattern: "re.Pattern[str]", include: bool) -> None:
-        """Add an event filter (B-5.13): include or exclude events whose text matches ``pattern``."""
+    def add_event_filter(self, pattern: Union["FilterPattern", str], include: bool) -> None:
+        """Add an event filter (B-5.13): include or exclude events whose text matches ``pattern``.
+
+        A ``str`` is compiled with :func:`ami_server.compile_filter` (RE2, linear
+        time); a refused pattern, or one filter too many, raises :class:`ActionError`.
+        """
         self._backend.add_event_filter(pattern, include)
 
     def permitted_actions(self) -> List[Action]:

@@ -20,7 +20,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .plugins import ActionRegistry
     from .protocol import Message
 
-__all__ = ["ControlBackend", "ServerControl"]
+__all__ = ["ControlBackend", "ServerControl", "MAX_WAIT_SECONDS"]
+
+#: The longest WaitEvent timeout (Asterisk's int seconds).
+MAX_WAIT_SECONDS = 2147483647
 
 
 class ControlBackend:
@@ -57,12 +60,12 @@ class ControlBackend:
 
     def add_event_filter(self, session: Session, pattern: Any, include: bool) -> None:
         self.outbox.settle()
-        filters = session.filters
-        if filters is None:
-            filters = session.filters = EventFilters()
-        if len(filters) >= EventFilters.LIMIT:
-            raise ActionError(f"Too many filters (at most {EventFilters.LIMIT} per session)")
-        (filters.include if include else filters.exclude).append(pattern)
+        filters = session.filters or EventFilters()
+        try:
+            filters.add(pattern, include)
+        except (TypeError, ValueError) as exc:
+            raise ActionError(str(exc)) from None
+        session.filters = filters
 
     def permitted_actions(self, session: Session) -> List[Action]:
         """Local and listed actions the session's classes and every guard allow, by name."""
@@ -83,6 +86,8 @@ class ControlBackend:
         ]
 
     def wait_for_event(self, session: Session, run: ActionRun, timeout: Optional[float], reply: Response) -> Deferred:
+        if timeout is not None and not (0 <= timeout <= MAX_WAIT_SECONDS):
+            raise ValueError(f"wait_for_event timeout must be between 0 and {MAX_WAIT_SECONDS} seconds")
         deferred = Deferred()
         if timeout == 0 or session.parser.has_input or session.pending:
             deferred.complete(reply)

@@ -14,7 +14,7 @@ import traceback
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 
 from .context import ActionContext
-from .protocol import Message, ReplyRenderer, encode, render_block, render_reply, render_response
+from .protocol import Message, ReplyRenderer, ascii_lower, encode, render_block, render_reply, render_response
 from .records import (
     Action,
     ActionError,
@@ -195,7 +195,7 @@ class Dispatcher:
             return
         registry = self.registry
         if session.state != AUTHENTICATED:
-            key = name.lower()
+            key = ascii_lower(name)
             if key not in PRE_LOGIN:
                 self.deny(session, name, action_id)
                 return
@@ -209,7 +209,7 @@ class Dispatcher:
                     failed = self.login.fail_later(session, run, "Login Already In Use", "login in use")
                     self.handle_result(session, run, failed)
                     return
-        entry = registry.by_spelling.get(name) or registry.by_name.get(name.lower())
+        entry = registry.by_spelling.get(name) or registry.by_name.get(ascii_lower(name))
         if entry is None and self.router is not None and session.state == AUTHENTICATED:
             entry = self.router
         if entry is None:

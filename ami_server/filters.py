@@ -1,16 +1,104 @@
-"""Per-session event filters: include and exclude patterns over an event's text (B-5.13),
-and name predicates a plugin installed for the session's user (a gateway's event policy)."""
+"""Session event filters (B-5.13) on a linear-time regex engine (RE2, D-8.18).
+
+A ``Filter:`` pattern comes from a client and is searched on the event loop
+in every event the session could receive, including text other clients
+control (a rejected action's name in a security event, a UserEvent's
+headers). With a backtracking engine, ``(a+)+$`` against 55 ``a`` would
+stop the whole server for hours; RE2 matches in time linear in the text.
+There is no fallback: what RE2 cannot compile (backreferences, look-around,
+possessive quantifiers) is refused.
+
+Bounds, so that one session's filters cannot take unbounded memory or time:
+
+- a pattern is at most :data:`MAX_PATTERN_LENGTH` (1024) characters; a
+  ``Filter:`` header from the wire is shorter anyway (P-1.6);
+- each compiled pattern may use :data:`MAX_PATTERN_MEMORY` (1 MiB) for its
+  program and match cache; a pattern whose program does not fit is refused;
+- a session holds at most :attr:`EventFilters.LIMIT` (100) filters.
+
+Patterns and texts are matched as UTF-8 bytes; text that came from the wire
+as invalid UTF-8 (surrogate-escaped, P-1.22) is matched as the original bytes.
+
+Besides the client's filters, a plugin may install name predicates for a
+session (``ServerHandle.add_event_guard``: a gateway's event policy); they
+are not counted against the limit.
+"""
 
 from __future__ import annotations
 
-import re
-from typing import Callable, List
+from typing import Any, Callable, List, Optional, Union
 
-__all__ = ["EventFilters"]
+import re2
+
+__all__ = [
+    "MAX_PATTERN_LENGTH",
+    "MAX_PATTERN_MEMORY",
+    "EventFilters",
+    "FilterPattern",
+    "compile_filter",
+]
+
+#: Longest pattern accepted, in characters.
+MAX_PATTERN_LENGTH = 1024
+#: RE2's ``max_mem`` per pattern, in bytes: program plus lazily built match cache.
+MAX_PATTERN_MEMORY = 1 << 20
+
+
+def _options() -> "re2.Options":
+    options = re2.Options()
+    options.max_mem = MAX_PATTERN_MEMORY
+    # A refused pattern is the client's mistake: answered, not logged to stderr.
+    options.log_errors = False
+    # Filters only ask "does it match"; no capture groups to track.
+    options.never_capture = True
+    return options
+
+
+_OPTIONS = _options()
+
+
+def _to_bytes(text: Union[str, bytes]) -> bytes:
+    if isinstance(text, bytes):
+        return text
+    return text.encode("utf-8", "surrogateescape")
+
+
+class FilterPattern:
+    """A compiled filter: ``search`` takes ``str`` or ``bytes`` and never backtracks."""
+
+    __slots__ = ("pattern", "_search")
+
+    def __init__(self, pattern: str, regexp: Any) -> None:
+        #: The pattern as given (without the ``!`` of an exclude filter).
+        self.pattern = pattern
+        self._search = regexp.search
+
+    def search(self, text: Union[str, bytes]) -> Optional[Any]:
+        """A match object if the pattern occurs anywhere in ``text``, else ``None``."""
+        return self._search(_to_bytes(text))
+
+    def __repr__(self) -> str:
+        return f"FilterPattern({self.pattern!r})"
+
+
+def compile_filter(text: str) -> FilterPattern:
+    """Compile a client's filter pattern with RE2; ``ValueError`` says why one is refused."""
+    if not isinstance(text, str):
+        raise TypeError(f"a filter pattern is a str, not {type(text).__name__}")
+    if len(text) > MAX_PATTERN_LENGTH:
+        raise ValueError(f"filter pattern is longer than {MAX_PATTERN_LENGTH} characters")
+    try:
+        regexp = re2.compile(_to_bytes(text), _OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else "does not compile"
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise ValueError(f"filter pattern does not compile: {reason}") from None
+    return FilterPattern(text, regexp)
 
 
 class EventFilters:
-    """A session's include and exclude filters, searched in an event's text."""
+    """A session's include and exclude filters (B-5.13), searched in an event's text."""
 
     __slots__ = ("include", "exclude", "names")
 
@@ -18,20 +106,32 @@ class EventFilters:
     LIMIT = 100
 
     def __init__(self) -> None:
-        self.include: List["re.Pattern[str]"] = []
-        self.exclude: List["re.Pattern[str]"] = []
-        #: Each must accept the event's name (not counted against LIMIT: the server installs them).
+        self.include: List[FilterPattern] = []
+        self.exclude: List[FilterPattern] = []
+        #: Each must accept the event's name (installed by plugins, not the client).
         self.names: List[Callable[[str], bool]] = []
 
     def __len__(self) -> int:
         return len(self.include) + len(self.exclude)
 
-    def passes(self, text: str) -> bool:
-        """Name predicates: all must accept; includes: one must match; excludes: none may match."""
+    def add(self, pattern: Union[str, FilterPattern], include: bool) -> None:
+        """Add one filter; a ``str`` is compiled here. ``ValueError`` if it cannot be (or over :attr:`LIMIT`)."""
+        if not isinstance(pattern, FilterPattern):
+            pattern = compile_filter(pattern)
+        if len(self) >= self.LIMIT:
+            raise ValueError(f"Too many filters (at most {self.LIMIT} per session)")
+        (self.include if include else self.exclude).append(pattern)
+
+    def passes(self, text: Union[str, bytes]) -> bool:
+        """Name predicates: all must accept; includes: one must match; excludes: none may match.
+
+        ``text`` may be the rendered event's bytes, which saves decoding it.
+        """
+        data = _to_bytes(text)
         if self.names:
-            name = text[7:text.find("\r\n")]  # the text starts "Event: <name>\r\n"
+            name = data[7:data.find(b"\r\n")].decode("utf-8", "surrogateescape")  # "Event: <name>\r\n"
             if not all(accepts(name) for accepts in self.names):
                 return False
-        if self.include and not any(p.search(text) for p in self.include):
+        if self.include and not any(p.search(data) for p in self.include):
             return False
-        return not any(p.search(text) for p in self.exclude)
+        return not any(p.search(data) for p in self.exclude)

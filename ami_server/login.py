@@ -18,7 +18,7 @@ import pluggy
 from .acl import normalize_ip
 from .hooks import plugin_callers
 from .privileges import CLASSES, parse_event_mask
-from .protocol import Message
+from .protocol import Message, ascii_lower
 from .records import AuthDecision, AuthRequest, Block, Deferred, Response
 from .session import AUTHENTICATED, CLOSING, ActionRun, Session
 from .workers import Outcome
@@ -101,7 +101,7 @@ class LoginPolicy:
         logged in under the rule counts; with the ``decision``, its own
         ``allow_multiple_login`` (or the server's setting) applies as well.
         """
-        key = username.lower()
+        key = ascii_lower(username)
         sessions = [s for s in self.core.authenticated.values() if s.user_key == key]
         if not sessions:
             return False
@@ -155,7 +155,7 @@ class LoginPolicy:
         if not username:
             self.audit.record("LoginFailed", who(session, ""), reason="no username")
             return self.fail_later(session, run, "Authentication failed", "login failed")
-        md5 = (request.get("AuthType") or "").lower() == "md5"
+        md5 = ascii_lower(request.get("AuthType") or "") == "md5"
         auth = AuthRequest(
             username=username,
             auth_type="md5" if md5 else "plain",
@@ -263,7 +263,7 @@ class LoginPolicy:
         username = request.get("Username") or ""
         session.state = AUTHENTICATED
         session.username = username
-        session.user_key = username.lower()
+        session.user_key = ascii_lower(username)
         session.read = decision.read
         session.write = decision.write
         session.backend = backend

@@ -17,7 +17,10 @@ from typing import Any, Callable, Deque, List, Optional
 
 from .records import TimerHandle
 
-__all__ = ["Loop"]
+__all__ = ["Loop", "MAX_DELAY"]
+
+#: The longest timer delay accepted: about 68 years, Asterisk's int seconds.
+MAX_DELAY = 2147483647.0
 
 
 def _reraise(exc: BaseException) -> None:
@@ -52,7 +55,12 @@ class Loop:
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         """Run ``callback`` after ``delay`` seconds; from another thread the timer is handed over."""
-        handle = TimerHandle(self.time() + max(0.0, delay), callback)
+        if not 0 <= delay < MAX_DELAY:  # also refuses NaN; a huge delay would overflow the clock
+            if delay < 0:
+                delay = 0.0
+            else:
+                raise ValueError(f"call_later delay must be a finite number of seconds below {MAX_DELAY:g}")
+        handle = TimerHandle(self.time() + delay, callback)
         if self.in_loop_thread():
             heapq.heappush(self._timers, handle)
         else:

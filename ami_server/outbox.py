@@ -122,19 +122,14 @@ class Outbox:
                         out += joined
                         continue
                 others.append(session)
-            texts: Dict[int, str] = {}
             for session in others:
-                for index, (classes, data) in enumerate(entries):
+                for classes, data in entries:
                     if session.closed:
                         break
                     if session.receives & classes != classes:
                         continue
-                    if session.filters is not None:
-                        text = texts.get(index)
-                        if text is None:
-                            text = texts[index] = data.decode("utf-8", "surrogateescape")
-                        if not session.filters.passes(text):
-                            continue
+                    if session.filters is not None and not session.filters.passes(data):
+                        continue
                     self.deliver(session, data)
 
     def deliver(self, session: Session, data: bytes) -> None:

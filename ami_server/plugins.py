@@ -13,6 +13,7 @@ that keeps state (the ``config`` backend's user table) keeps it per server.
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -24,6 +25,7 @@ from .hooks import plugin_callers
 from .context import ServerHandle
 from .records import Action, CliCommand
 from .config import PluginSettings
+from .protocol import ascii_lower
 
 if sys.version_info >= (3, 10):
     from importlib.metadata import EntryPoint, entry_points as _entry_points
@@ -248,10 +250,14 @@ def _own_version() -> str:
 
 
 class ActionRegistry:
-    """Actions by lower-cased name (P-1.15), with the providing plugin."""
+    """Actions by ASCII-lower-cased name (P-1.15), with the providing plugin.
+
+    Names and CLI words fold ``A``-``Z`` only (:func:`~ami_server.protocol.ascii_lower`),
+    as Asterisk's ``strcasecmp`` does: a look-alike such as U+212A never names an action.
+    """
 
     def __init__(self) -> None:
-        #: Lower-cased action name -> entry; read by the dispatcher, changed only through add/add_all.
+        #: ASCII-lower-cased action name -> entry; read by the dispatcher, changed only through add/add_all.
         self.by_name: dict[str, RegisteredAction] = {}
         #: The same entries under the names as the plugins spell them: a request
         #: spelled that way (nearly all) is found without lower-casing it.
@@ -267,7 +273,7 @@ class ActionRegistry:
         """Add one plugin's actions and CLI commands: all of them, or none if any is refused."""
         staged_cli: dict[Tuple[str, ...], RegisteredCli] = {}
         for cli in clis:
-            words = cli.command.words
+            words = tuple(ascii_lower(w) for w in _ascii_words(cli.command.command))
             other = staged_cli.get(words) or self._cli.get(words)
             if other is not None:
                 raise PluginLoadError(
@@ -277,7 +283,7 @@ class ActionRegistry:
             staged_cli[words] = cli
         staged: dict[str, RegisteredAction] = {}
         for entry in entries:
-            key = entry.action.name.lower()
+            key = ascii_lower(entry.action.name)
             other = staged.get(key) or self.by_name.get(key)
             if other is not None:
                 raise PluginLoadError(
@@ -294,9 +300,13 @@ class ActionRegistry:
         self._cli.update(staged_cli)
 
     def find_cli(self, text: str) -> Optional[Tuple[RegisteredCli, Tuple[str, ...]]]:
-        """The command with the most leading words of ``text``, and the words after it."""
-        words = text.split()
-        lowered = tuple(w.lower() for w in words)
+        """The command with the most leading words of ``text``, and the words after it.
+
+        Words are split at ASCII blanks and compared ASCII-case-insensitively, as
+        Asterisk's CLI does.
+        """
+        words = _ascii_words(text)
+        lowered = tuple(ascii_lower(w) for w in words)
         for length in range(len(words), 0, -1):
             entry = self._cli.get(lowered[:length])
             if entry is not None:
@@ -321,13 +331,27 @@ class ActionRegistry:
         return [e for e in self.all() if e.plugin == plugin]
 
     def get(self, name: str) -> Optional[RegisteredAction]:
-        return self.by_name.get(name.lower())
+        """The action ``name`` names, ASCII-case-insensitively (P-1.15); the plugin's spelling first."""
+        entry = self.by_spelling.get(name)
+        if entry is None:
+            entry = self.by_name.get(ascii_lower(name))
+        return entry
 
     def all(self) -> List[RegisteredAction]:
-        return sorted(self.by_name.values(), key=lambda e: e.action.name.lower())
+        return sorted(self.by_name.values(), key=lambda e: ascii_lower(e.action.name))
 
     def __len__(self) -> int:
         return len(self.by_name)
+
+
+_ASCII_BLANKS = re.compile(r"[ \t\n\r\f\v]+")
+
+
+def _ascii_words(text: str) -> List[str]:
+    """``str.split()``, but at ASCII blanks only (U+00A0 and the like are part of a word)."""
+    if text.isascii():
+        return text.split()
+    return [word for word in _ASCII_BLANKS.split(text) if word]
 
 
 def collect_actions(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 from typing import Iterable, Optional, Union
 
+from .protocol import ascii_lower
+
 __all__ = [
     "CLASSES",
     "ALL",
@@ -90,7 +92,7 @@ def parse_class_list(value: Union[str, Iterable[str]]) -> int:
             continue
         elif token in CLASSES:
             mask |= CLASSES[token]
-        elif token.lower() in CLASSES or token.lower() in ("all", "none"):
+        elif ascii_lower(token) in CLASSES or ascii_lower(token) in ("all", "none"):
             raise ClassListError(token, "class names are lower-case")
         else:
             raise ClassListError(token, "unknown class")
@@ -100,15 +102,21 @@ def parse_class_list(value: Union[str, Iterable[str]]) -> int:
 
 
 def parse_event_mask(value: Optional[str]) -> Optional[int]:
-    """Parse an ``EventMask``/``Events`` value per C-4.5; ``None`` means invalid."""
+    """Parse an ``EventMask``/``Events`` value per C-4.5; ``None`` means invalid.
+
+    The on/off words fold ``A``-``Z`` only; class names are exact (C-4.5).
+    """
     if not value:
         return None
     if value.isascii() and value.isdigit():
-        number = int(value)
+        digits = value.lstrip("0")
+        if len(digits) > len(str(_MAX_NUMERIC_MASK)):
+            return None  # out of range; and int() refuses over 4300 digits
+        number = int(digits or "0")
         if number > _MAX_NUMERIC_MASK:
             return None
         return number & ALL
-    lowered = value.lower()
+    lowered = ascii_lower(value)
     if lowered in _OFF_WORDS:
         return 0
     if lowered in _ON_WORDS:

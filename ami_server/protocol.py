@@ -22,6 +22,7 @@ __all__ = [
     "ReplyRenderer",
     "render_response",
     "clean",
+    "ascii_lower",
 ]
 
 #: Asterisk's input buffer: an LF must occur among the first 1024 bytes (P-1.6).
@@ -57,6 +58,21 @@ def clean(value: str) -> str:
     return value
 
 
+def ascii_lower(text: str) -> str:
+    """Lower-case ``A``-``Z`` only, as Asterisk's ``strcasecmp`` does (P-1.12, P-1.15).
+
+    ``str.lower`` maps some non-ASCII letters onto ASCII ones (U+212A KELVIN
+    SIGN to ``k``), so ``SessionKic`` followed by U+212A would name
+    SessionKick, and U+212A followed by ``ate`` would be the user ``kate``.
+    Every character but ``A``-``Z`` is kept as it is.
+    ASCII text, nearly all input, costs one ``isascii`` (O(1)) more than
+    ``lower``; other text is folded as bytes, whose ``lower`` is ASCII-only.
+    """
+    if text.isascii():
+        return text.lower()
+    return text.encode("utf-8", "surrogatepass").lower().decode("utf-8", "surrogatepass")
+
+
 class Message:
     """One request: the stored lines of a message, in arrival order (P-1.14).
 
@@ -71,7 +87,7 @@ class Message:
         self.lines: Tuple[str, ...] = tuple(lines)
         self.error = error
         self.empty = not self.lines and error is None
-        #: (lower-cased name, name, value) per header line, made on first use.
+        #: (ASCII-lower-cased name, name, value) per header line, made on first use.
         self._pairs: Optional[Tuple[Tuple[str, str, str], ...]] = None
         # Every message is dispatched, so the routing headers are picked out
         # now; the other headers are split only if the action reads them.
@@ -80,11 +96,12 @@ class Message:
         for line in self.lines:
             name, sep, value = line.partition(":")
             if sep:
+                # ``lower`` is safe here only with the isascii test on a hit (P-1.12).
                 lname = name.lower()
-                if lname == "action":
+                if lname == "action" and name.isascii():
                     if not action:
                         action = value.lstrip(_LEADING_BLANKS)
-                elif lname == "actionid" and action_id is None:
+                elif lname == "actionid" and action_id is None and name.isascii():
                     action_id = value.lstrip(_LEADING_BLANKS)
         #: The first non-empty ``Action`` value, or ``""`` when there is none (P-1.13).
         self.action = action
@@ -92,20 +109,21 @@ class Message:
         self.action_id = action_id or ""
 
     def _header_pairs(self) -> Tuple[Tuple[str, str, str], ...]:
-        """(lower-cased name, name, value) for each line that has a colon (P-1.11)."""
+        """(ASCII-lower-cased name, name, value) for each line that has a colon (P-1.11, P-1.12)."""
         pairs = self._pairs
         if pairs is None:
             split = []
             for line in self.lines:
                 name, sep, value = line.partition(":")
                 if sep:
-                    split.append((name.lower(), name, value.lstrip(_LEADING_BLANKS)))
+                    lname = name.lower() if name.isascii() else ascii_lower(name)
+                    split.append((lname, name, value.lstrip(_LEADING_BLANKS)))
             pairs = self._pairs = tuple(split)
         return pairs
 
     def get(self, name: str, default: Optional[str] = None) -> Optional[str]:
         """The first header called ``name`` (ASCII case-insensitive), even if empty (P-1.13)."""
-        key = name.lower()
+        key = name.lower() if name.isascii() else ascii_lower(name)
         for lname, _, value in self._header_pairs():
             if lname == key:
                 return value
@@ -113,7 +131,7 @@ class Message:
 
     def get_all(self, name: str) -> list[str]:
         """Every value of header ``name``, in order (repeated headers, P-1.14)."""
-        key = name.lower()
+        key = ascii_lower(name)
         return [value for lname, _, value in self._header_pairs() if lname == key]
 
     def headers(self) -> list[Tuple[str, str]]:

@@ -25,6 +25,7 @@ from typing import (
 )
 
 from .privileges import ClassListError, mask_of
+from .protocol import ascii_lower
 
 if TYPE_CHECKING:  # pragma: no cover
     from .protocol import Message
@@ -144,9 +145,9 @@ class Event:
 
     def get(self, name: str, default: Optional[str] = None) -> Optional[str]:
         """First header value called ``name`` (case-insensitive)."""
-        key = name.lower()
+        key = ascii_lower(name)
         for hname, value in self.headers:
-            if hname.lower() == key:
+            if ascii_lower(hname) == key:
                 return value
         return default
 
@@ -474,7 +475,7 @@ class CliCommand:
 
     @property
     def words(self) -> Tuple[str, ...]:
-        return tuple(self.command.lower().split())
+        return tuple(ascii_lower(word) for word in self.command.split(" ") if word)
 
 
 @dataclass(frozen=True)

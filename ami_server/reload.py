@@ -15,7 +15,7 @@ from dataclasses import replace
 import time
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, check_sample_secrets, load_config
 from .connection import ListenError, listen
 from .login import AuthChainError, build_chain
 
@@ -33,6 +33,7 @@ def reload(server: "Server", new: Optional[Config] = None) -> Tuple[bool, str]:
     try:
         if new is None:
             new = load_config(old.source)
+        check_sample_secrets(new)
         chain = build_chain(server.manager, new.auth_backends, new.source)
         tls_context = server.tls_context_of(new) if new.server.tls is not None else None
         listeners = _rebind(old, new)

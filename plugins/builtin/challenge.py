@@ -1,10 +1,10 @@
 """Challenge: hand out this session's MD5 challenge (B-5.3, A-3.6)."""
 
-from ami_server import Action, Response, hookimpl
+from ami_server import Action, Response, ascii_lower, hookimpl
 
 
 def challenge(ctx):
-    if (ctx.request.get("AuthType") or "").lower() != "md5":
+    if ascii_lower(ctx.request.get("AuthType") or "") != "md5":
         return Response.error("Must specify AuthType")
     return Response.success(headers=[("Challenge", ctx.control.challenge())])
 

@@ -14,6 +14,7 @@ from ami_server import (
     ServerHandle,
     SessionControl,
     UserConfig,
+    ascii_lower,
     hookimpl,
     parse_secret_hash,
     verify_secret,
@@ -51,24 +52,25 @@ class ConfigBackend:
     def users(self) -> Mapping[str, UserConfig]:
         return self._state[0]
 
-    def _use(self, users: Mapping[str, UserConfig]) -> None:
+    def use_users(self, users: Mapping[str, UserConfig]) -> None:
+        """Answer for ``users`` from now on (start-up, reload, and tests that ask the backend directly)."""
         hashes = {key: parse_secret_hash(user.secret_hash) for key, user in users.items() if user.secret_hash}
         self._state = (users, hashes)  # one assignment: a concurrent login sees old or new, never a mix
         self.ami_server_nonblocking = not hashes
 
     @hookimpl
     def register_actions(self, server: ServerHandle) -> None:
-        self._use(server.config.users)
+        self.use_users(server.config.users)
         server.on_reload(self._reloaded)
 
     def _reloaded(self, config: Config, control: SessionControl) -> None:
         """D-8.9 for the sessions this backend accepted: close or re-class those whose user changed."""
         old = self.users
-        self._use(config.users)
+        self.use_users(config.users)
         for info in control.sessions():
             if info.backend != "config" or not info.authenticated:
                 continue
-            key = info.username.lower()
+            key = ascii_lower(info.username)
             before, after = old.get(key), config.users.get(key)
             reason = None
             if after is None:
@@ -87,7 +89,7 @@ class ConfigBackend:
     @hookimpl
     def authenticate(self, request: AuthRequest) -> Optional[AuthDecision]:
         users, hashes = self._state
-        key = request.username.lower()
+        key = ascii_lower(request.username)  # A-3.3: ASCII only, as strcasecmp
         user = users.get(key)
         if user is None:
             return None

@@ -1,6 +1,6 @@
 """UserEvent: publish an event of class ``user`` built from the request (B-5.9, B-5.10)."""
 
-from ami_server import Action, Event, Response, clean, hookimpl
+from ami_server import Action, Event, Response, ascii_lower, clean, hookimpl
 
 _NOT_COPIED = ("action", "userevent")
 
@@ -9,7 +9,7 @@ def userevent(ctx):
     request = ctx.request
     headers = [("UserEvent", request.get("UserEvent") or "")]
     for name, value in request.headers():
-        if name.lower() in _NOT_COPIED:
+        if ascii_lower(name) in _NOT_COPIED:
             continue
         if "\r" in name or name != name.strip():
             # A name from the wire may hold a lone CR or outer blanks, which an
