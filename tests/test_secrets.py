@@ -131,7 +131,7 @@ def test_hashes_backend_errors_and_short_secrets_leak_nothing():
     assert not any(" xq " in line or '"xq"' in line for line in sink.lines)
 
 
-# -- the JSON audit trail's cached rendering (audit.py _JsonAuditLines) ---------------------------
+# -- the JSON audit trail's cached rendering (audit_json.py JsonAuditLines) --------------------
 
 _NOW = "2026-01-01T00:00:00.000+00:00"
 _SECRETS = ("hunter2-secret", "s3cr3tpass", "ab")
