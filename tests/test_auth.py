@@ -13,7 +13,7 @@ from ami_server.config import ConfigError
 from ami_server.passwords import hash_secret, parse_secret_hash, verify_secret
 from ami_server.testing import make_config, running_server
 
-from conftest import USERS
+from helpers import USERS, non_loopback_ipv4
 
 FAILED = b"Response: Error\r\nMessage: Authentication failed\r\n\r\n"
 FAST_HASH = {"log_n": 10, "r": 8, "p": 1}  # keeps tests quick; the default is ln=14
@@ -261,21 +261,6 @@ def test_plaintext_policy_allows_loopback_and_applies_per_user():
     with running_server(cfg) as srv, srv.client() as client:
         # Loopback peers are trusted even when TLS is required for plaintext secrets.
         assert client.login("strict", "strictpass")["Message"] == "Authentication accepted"
-
-
-def non_loopback_ipv4():
-    """An IPv4 address of this machine that is not loopback, or None."""
-    import socket
-
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.connect(("192.0.2.1", 9))  # no packet is sent for a UDP connect
-        address = probe.getsockname()[0]
-    except OSError:
-        return None
-    finally:
-        probe.close()
-    return None if address.startswith("127.") or address == "0.0.0.0" else address
 
 
 def test_plaintext_refused_for_a_non_loopback_peer():

@@ -9,7 +9,7 @@ import time
 from ami_server import Action, ActionError, Event, Response, hookimpl
 from ami_server.testing import make_config, running_server
 
-from conftest import USERS, wait_for
+from helpers import USERS, wait_for
 
 
 class SlowPlugin:

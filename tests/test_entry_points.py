@@ -14,7 +14,7 @@ from ami_server.audit import MemorySink
 from ami_server.server import Server, ServerError
 from ami_server.testing import AMIClient, make_config
 
-from conftest import plugin_module
+from helpers import plugin_module
 
 
 def load(entry_points, **config):

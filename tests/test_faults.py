@@ -21,7 +21,7 @@ from collections import Counter
 from ami_server import Action, Block, Response, hookimpl
 from ami_server.testing import make_config, running_server
 
-from conftest import USERS
+from helpers import USERS
 
 
 class Ledger:

@@ -15,7 +15,8 @@ import pytest
 from ami_server import Action, hookimpl
 from ami_server.testing import make_config, running_server
 
-from transcripts import USERS, Replayer, parse_transcript, reference_dir
+from helpers import USERS
+from transcripts import Replayer, parse_transcript, reference_dir
 
 REFERENCE = reference_dir()
 pytestmark = pytest.mark.skipif(REFERENCE is None, reason="reference transcripts not found")

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
+from helpers import USERS
+
 REFERENCE_DIRS = [
     Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "asterisk-22.10.1",
     Path(__file__).resolve().parent / "reference" / "asterisk-22.10.1",
@@ -24,12 +26,6 @@ REFERENCE_DIRS = [
 
 _STEP_RE = re.compile(r"^\[\+\s*([0-9.]+)\] (?:C([0-9]+) (<<|>>|--) ?(.*)|NOTE: (.*))$")
 _COUNT_RE = re.compile(r"^\((\d+) bytes\)$")
-
-USERS = {
-    "admin": {"secret": "adminpass", "read": "all", "write": "all"},
-    "reader": {"secret": "readerpass", "read": "system,call,user", "write": []},
-    "limited": {"secret": "limitedpass", "read": "call", "write": "call"},
-}
 
 
 def reference_dir() -> Optional[Path]:
