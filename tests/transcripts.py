@@ -210,8 +210,13 @@ class Replayer:
         if mask(self.received[conn]) != mask(self.expected[conn]):
             self._fail(conn, "received bytes the transcript does not have")
 
-    def run(self, transcript: Transcript) -> None:
+    def run(self, transcript: Transcript) -> int:
+        """Replay ``transcript``; raise :class:`ReplayError` at the first difference.
+
+        Returns how many of its received chunks arrived as recorded (every one, when it returns).
+        """
         previous = 0.0
+        matched = 0
         try:
             for step in transcript.steps:
                 gap = step.time - previous
@@ -246,6 +251,7 @@ class Replayer:
                     while not mask(self.received[conn]).startswith(want):
                         if not self._read(conn, deadline):
                             self._fail(conn, "expected bytes did not arrive")
+                    matched += 1
                 elif step.kind == "close":
                     self._check_drained(conn)
                     self.socks[conn].close()
@@ -261,6 +267,7 @@ class Replayer:
             time.sleep(0.3)
             for conn in self.socks:
                 self._check_drained(conn, 0.02)
+            return matched
         finally:
             for sock in self.socks.values():
                 sock.close()
