@@ -142,9 +142,11 @@ class Redactor:
         Most values need none, so this is the cheap test in front of
         :meth:`_scrub_text` (a regex alternation costs several times more).
         """
-        lowered = value.lower()
-        if "secret" in lowered or "key" in lowered or "passw" in lowered or "credential" in lowered:
-            return True
+        # A credential's name matters only before a separator ("Secret:", "key=", "'Key', ").
+        if ":" in value or "=" in value or "," in value:
+            lowered = value.lower()
+            if "secret" in lowered or "key" in lowered or "passw" in lowered or "credential" in lowered:
+                return True
         if self._many is not None:
             if self._many(value) is not None:
                 return True
