@@ -2,13 +2,14 @@
 
     python bench/audit_record.py                       # this tree only
     python bench/audit_record.py --baseline HEAD~3     # and ami_server/ as it was at HEAD~3
+    python bench/audit_record.py --baseline A --baseline B   # several revisions at once
 
 Writes N records through ``AuditLogger.write`` (the server's hot record path:
 a ``RecordKind``, a session's ``AuditFields``, five values) to a sink that
 drops every line, so only rendering and scrubbing are timed. The baseline is
 loaded from ``git archive`` into a temporary package of another name, in the
-same process; the two alternate round after round and the figures are per
-record. It prints figures and asserts nothing about time.
+same process; the variants alternate round after round and the figures are
+per record. It prints figures and asserts nothing about time.
 """
 
 from __future__ import annotations
@@ -44,16 +45,17 @@ _VALUES = [
 _SECRETS = ["adminpass", "readerpass", "limitedpass", "xq"]
 
 
-def baseline_audit(revision: str, into: Path) -> types.ModuleType:
-    """``ami_server.audit`` as it was at ``revision``, imported as ``ami_server_baseline.audit``."""
+def baseline_audit(revision: str, into: Path, number: int) -> types.ModuleType:
+    """``ami_server.audit`` as it was at ``revision``, imported as ``ami_server_baseline<number>.audit``."""
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "ami_server"],
                              check=True, capture_output=True).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(into)
-    package = types.ModuleType("ami_server_baseline")
+    name = f"ami_server_baseline{number}"
+    package = types.ModuleType(name)
     package.__path__ = [str(into / "ami_server")]  # its __init__ (the whole server) is not run
-    sys.modules["ami_server_baseline"] = package
-    return importlib.import_module("ami_server_baseline.audit")
+    sys.modules[name] = package
+    return importlib.import_module(f"{name}.audit")
 
 
 def writer(audit: types.ModuleType, count: int) -> Tuple[Callable[[], None], List[str]]:
@@ -100,7 +102,8 @@ def _without_timestamp(line: str) -> str:
 
 def main(argv: Any = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--baseline", help="a git revision of this repository to compare with")
+    parser.add_argument("--baseline", action="append", default=[],
+                        help="a git revision of this repository to compare with (repeatable)")
     parser.add_argument("-n", "--records", type=int, default=20000, help="records per timed run")
     parser.add_argument("--rounds", type=int, default=15, help="timed runs per variant")
     args = parser.parse_args(argv)
@@ -109,8 +112,8 @@ def main(argv: Any = None) -> int:
 
     variants: Dict[str, types.ModuleType] = {"this tree": current}
     with tempfile.TemporaryDirectory() as scratch:
-        if args.baseline:
-            variants[f"baseline {args.baseline}"] = baseline_audit(args.baseline, Path(scratch))
+        for number, revision in enumerate(args.baseline):
+            variants[f"baseline {revision}"] = baseline_audit(revision, Path(scratch) / str(number), number)
         runs: Dict[str, Callable[[], None]] = {}
         samples: Dict[str, List[str]] = {}
         for name, module in variants.items():
@@ -119,7 +122,7 @@ def main(argv: Any = None) -> int:
         figures: Dict[str, List[float]] = {name: [] for name in variants}
         names = list(variants)
         for number in range(args.rounds):
-            for name in names if number % 2 == 0 else reversed(names):
+            for name in names[number % len(names):] + names[:number % len(names)]:
                 seconds = timeit.timeit(runs[name], number=1)
                 figures[name].append(seconds / args.records * 1e6)
     print(f"ActionExecuted via AuditLogger.write to a null sink: {args.records} records x {args.rounds} rounds, "
@@ -127,9 +130,9 @@ def main(argv: Any = None) -> int:
     for name, per_record in figures.items():
         print(f"  {name:<24} min {min(per_record):.3f} us  median {statistics.median(per_record):.3f} us  "
               f"max {max(per_record):.3f} us per record")
-    if len(samples) == 2:
-        first, second = (list(map(_without_timestamp, lines)) for lines in samples.values())
-        print("  lines identical (timestamps aside):", first == second)
+    if len(samples) > 1:
+        rendered = [list(map(_without_timestamp, lines)) for lines in samples.values()]
+        print("  lines identical (timestamps aside):", all(lines == rendered[0] for lines in rendered))
     return 0
 
 
