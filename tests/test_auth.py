@@ -13,7 +13,7 @@ from ami_server.config import ConfigError
 from ami_server.passwords import hash_secret, parse_secret_hash, verify_secret
 from ami_server.testing import make_config, running_server
 
-from conftest import USERS
+from helpers import USERS, non_loopback_ipv4
 
 FAILED = b"Response: Error\r\nMessage: Authentication failed\r\n\r\n"
 FAST_HASH = {"log_n": 10, "r": 8, "p": 1}  # keeps tests quick; the default is ln=14
@@ -254,28 +254,45 @@ class PeerAs:
         return AuthDecision.accept("all", "all")
 
 
-def test_plaintext_policy_allows_loopback_and_applies_per_user():
+def _users_with_tls_policies():
+    """USERS plus one user who always needs TLS for a plaintext secret and one who never does."""
     users = dict(USERS)
     users["strict"] = {"secret": "strictpass", "read": "all", "write": "all", "require_tls_for_plaintext": True}
-    cfg = make_config({"users": users}, require_tls_for_plaintext=True)
-    with running_server(cfg) as srv, srv.client() as client:
-        # Loopback peers are trusted even when TLS is required for plaintext secrets.
-        assert client.login("strict", "strictpass")["Message"] == "Authentication accepted"
+    users["relaxed"] = {"secret": "relaxedpass", "read": "all", "write": "all", "require_tls_for_plaintext": False}
+    return users
 
 
-def non_loopback_ipv4():
-    """An IPv4 address of this machine that is not loopback, or None."""
-    import socket
+def test_plaintext_policy_trusts_loopback_even_for_a_strict_user():
+    cfg = make_config({"users": _users_with_tls_policies()}, require_tls_for_plaintext=True)
+    with running_server(cfg) as srv:
+        # Loopback peers are trusted even when TLS is required for plaintext secrets, globally or per user.
+        for user in ("strict", "admin", "relaxed"):
+            with srv.client() as client:
+                assert client.login(user, f"{user}pass")["Message"] == "Authentication accepted", user
+    assert not srv.log.records("LoginFailed")
 
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.connect(("192.0.2.1", 9))  # no packet is sent for a UDP connect
-        address = probe.getsockname()[0]
-    except OSError:
-        return None
-    finally:
-        probe.close()
-    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+@pytest.mark.parametrize("server_requires, refused", [
+    (False, {"strict"}),  # only the user who asks for it needs TLS
+    (True, {"strict", "admin"}),  # everyone but the user who opts out
+])
+def test_plaintext_policy_applies_per_user(server_requires, refused):
+    """A user's require_tls_for_plaintext overrides the server's, either way, for a non-loopback peer."""
+    address = non_loopback_ipv4()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    cfg = make_config({"users": _users_with_tls_policies()}, require_tls_for_plaintext=server_requires, host=address)
+    with running_server(cfg) as srv:
+        for user in ("strict", "admin", "relaxed"):
+            with srv.client() as client:
+                if user in refused:
+                    client.send("Login", {"Username": user, "Secret": f"{user}pass"})
+                    assert client.read_until_closed() == FAILED, user
+                else:
+                    assert client.login(user, f"{user}pass")["Message"] == "Authentication accepted", user
+    failed = srv.log.records("LoginFailed")
+    assert {r["username"] for r in failed} == refused
+    assert {r["reason"] for r in failed} == {"plaintext secret refused without TLS"}
 
 
 def test_plaintext_refused_for_a_non_loopback_peer():

@@ -12,9 +12,9 @@ import pytest
 
 from ami_server.audit import MemorySink
 from ami_server.server import Server, ServerError
-from ami_server.testing import AMIClient, make_config
+from ami_server.testing import AMIClient, make_config, running_server
 
-from conftest import plugin_module
+from helpers import plugin_module
 
 
 def load(entry_points, **config):
@@ -83,10 +83,19 @@ def test_duplicate_action_names_both_plugins(plugin_dir):
 
 
 def test_third_party_cannot_run_before_login(plugin_dir):
-    ep = one_action_plugin(plugin_dir, "fake_login", "Challenge")
-    # Challenge is an essential builtin, so the claim is refused as a duplicate.
-    with pytest.raises(ServerError, match="plugin 'fake_login'.*'Challenge'"):
-        load([ep])
+    # Its own action is refused before login and answered after it.
+    greet = plugin_module(plugin_dir, "good_plugin", GOOD)
+    users = {"admin": {"secret": "adminpass", "read": "all", "write": "all"}}
+    with running_server(make_config({"users": users}), entry_points=[greet]) as srv, srv.client() as client:
+        assert client.action("Greet")["Message"] == "Permission denied"
+        client.login("admin", "adminpass", events="off")
+        assert client.action("Greet")["Message"] == "hi"
+    # Nor can it take over an action that runs before login: those are essential builtins,
+    # so the claim is refused as a duplicate.
+    for number, name in enumerate(("Login", "Challenge", "Logoff")):
+        ep = one_action_plugin(plugin_dir, f"fake_login_{number}", name)
+        with pytest.raises(ServerError, match=f"plugin 'fake_login_{number}'.*'{name}'"):
+            load([ep])
 
 
 def test_required_plugin_missing():

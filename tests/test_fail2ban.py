@@ -20,7 +20,7 @@ import pytest
 
 from ami_server.testing import AMIClient
 
-from conftest import process_config, start_server_process
+from helpers import process_config, start_server_process
 
 ROOT = Path(__file__).resolve().parent.parent
 OPERATIONS = ROOT / "docs" / "operations.md"

@@ -1,8 +1,8 @@
 """Faults and attacks over real sockets.
 
-Every test keeps a well-behaved client logged in and asserts it is still
-served afterwards, and that ``on_session_close`` ran exactly once for every
-session ``on_session_open`` saw.
+Every test keeps a well-behaved client logged in and asserts, in its own
+body, that it is still served afterwards and that ``on_session_close`` ran
+exactly once for every session ``on_session_open`` saw.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import struct
 import threading
 import time
 from collections import Counter
-
+from typing import Tuple
 
 from ami_server import Action, Block, Response, hookimpl
 from ami_server.testing import make_config, running_server
 
-from conftest import USERS
+from helpers import USERS
 
 
 class Ledger:
@@ -72,31 +72,40 @@ class Ledger:
             Action("Crash", crash, "Raise when misbehaving.", ()),
         ]
 
-    def settled(self, timeout=10.0):
-        """Wait until every opened session was closed; assert exactly once each."""
+    def settled(self, timeout: float = 10.0) -> Tuple[Counter, Counter]:
+        """Wait (at most ``timeout`` seconds) until every opened session was closed; the counts per session.
+
+        Returns ``(opened, closed)``; on time-out, what was seen so far.
+        """
         deadline = time.monotonic() + timeout
         while True:
             with self.lock:
-                opened, closed = dict(self.opened), dict(self.closed)
-            if set(closed) == set(opened):
-                break
-            assert time.monotonic() < deadline, f"{len(opened) - len(closed)} sessions were never closed"
+                opened, closed = Counter(self.opened), Counter(self.closed)
+            if set(closed) == set(opened) or time.monotonic() >= deadline:
+                return opened, closed
             time.sleep(0.02)
-        assert all(count == 1 for count in opened.values())
-        assert all(count == 1 for count in closed.values()), {k: v for k, v in closed.items() if v != 1}
-        return len(opened)
+
+
+def closed_once_each(ledger: Ledger) -> bool:
+    """Whether every session the ledger saw open was closed, and each hook ran exactly once per session."""
+    opened, closed = ledger.settled()
+    return opened == closed and set(opened.values()) <= {1}
 
 
 @contextlib.contextmanager
 def served(ledger=None, backends=("config",), **server):
+    """A server with ``ledger`` as a plugin and a logged-in client; checks nothing itself."""
     ledger = ledger or Ledger()
     cfg = make_config({"users": USERS, "auth": {"backends": list(backends)}}, **server)
     with running_server(cfg, extra_plugins=[("ledger", ledger)], entry_points=()) as srv:
         with srv.client() as good:
             good.login("admin", "adminpass", events="off")
             yield srv, good, ledger
-            assert good.action("Ping", {"ActionID": "still-here"})["ActionID"] == "still-here"
-    ledger.settled()
+
+
+def still_served(good) -> bool:
+    """Whether the well-behaved client's Ping is still answered, with its own ActionID."""
+    return good.action("Ping", {"ActionID": "still-here"})["ActionID"] == "still-here"
 
 
 def raw(srv):
@@ -146,15 +155,17 @@ def test_garbage_on_the_plain_port():
         for payload in payloads:
             sock = raw(srv)
             try:
-                sock.recv(100)  # banner
+                assert sock.recv(100) == b"Asterisk Call Manager/11.0.0\r\n"
                 sock.sendall(payload)
                 sock.shutdown(socket.SHUT_WR)
                 reply = drain_until_closed(sock)
-                # Whatever came back is whole AMI blocks: errors, never a crash.
-                assert reply == b"" or reply.endswith(b"\r\n\r\n")
-                assert b"Traceback" not in reply
             finally:
                 sock.close()
+            # Whatever came back is whole AMI error blocks, never a crash or a success.
+            blocks = reply.split(b"\r\n\r\n")
+            assert blocks[-1] == b""
+            assert all(block.startswith(b"Response: Error\r\n") for block in blocks[:-1]), blocks[:3]
+            assert b"Traceback" not in reply
             assert good.action("Ping")["Ping"] == "Pong"
         invalid = raw(srv)
         invalid.recv(100)
@@ -163,6 +174,13 @@ def test_garbage_on_the_plain_port():
         # Invalid UTF-8 round-trips byte for byte in the ActionID (P-1.4).
         assert reply == b"Response: Error\r\nActionID: \xff\xfe\xc3\x28\r\nMessage: Permission denied\r\n\r\n"
         invalid.close()
+        assert still_served(good)
+    # One session per payload, the invalid one and the good one, each closed exactly once.
+    opened, closed = ledger.settled()
+    assert len(opened) == len(payloads) + 2
+    assert closed == opened and set(opened.values()) == {1}
+    # Nothing went wrong inside the server: no warning or error record.
+    assert [r for r in srv.log.records() if r["level"] not in ("info", "debug")] == []
 
 
 def test_resets_mid_message_and_mid_reply():
@@ -182,6 +200,9 @@ def test_resets_mid_message_and_mid_reply():
         assert good.action("BigList", {"ActionID": "mine"})["EventList"] == "start"
         blocks = [good.read_block() for _ in range(5001)]
         assert blocks[-1]["Event"] == "ItemsComplete" and blocks[-1]["ListItems"] == "5000"
+        assert still_served(good)
+    assert closed_once_each(ledger)
+    assert len(ledger.opened) == 26  # 20 cut mid-message, 5 mid-reply, the good one
 
 
 def test_close_during_a_list_reply_and_during_waitevent():
@@ -196,7 +217,14 @@ def test_close_during_a_list_reply_and_during_waitevent():
             c.send("WaitEvent", {"Timeout": "30"})
             good.action("Ping")  # the wait is in place
             c.close()
-        good.action("UserEvent", {"UserEvent": "after"})
+        # An event after the waiters left is delivered to no closed session, and breaks nothing.
+        assert good.action("UserEvent", {"UserEvent": "after"})["Message"] == "Event Sent"
+        assert still_served(good)
+    assert closed_once_each(ledger)
+    assert len(ledger.opened) == 11
+    # Each close is seen as the client going away (while reading, or while writing the list to it).
+    reasons = Counter(r["reason"] for r in srv.log.records("SessionClosed"))
+    assert sum(reasons.values()) == 11 and set(reasons) <= {"peer closed", "I/O error"}, reasons
 
 
 def test_slowloris_is_cut_off_by_auth_timeout_while_others_are_served():
@@ -224,6 +252,8 @@ def test_slowloris_is_cut_off_by_auth_timeout_while_others_are_served():
                 pass
         sock.close()
         assert closed, "the slow sender was never disconnected"
+        assert still_served(good)
+    assert closed_once_each(ledger)
     assert any(r["event"] == "AuthTimeout" for r in srv.log.records())
 
 
@@ -243,7 +273,9 @@ def test_two_thousand_connections_opened_and_dropped():
                 assert good.action("Ping", timeout=5)["Ping"] == "Pong"
         for s in batch:
             s.close()
-    assert ledger.settled() >= 1000  # most connections became sessions before they were dropped
+        assert still_served(good)
+    assert closed_once_each(ledger)
+    assert len(ledger.opened) >= 1000  # most connections became sessions before they were dropped
 
 
 def test_auth_limit_flood():
@@ -263,23 +295,34 @@ def test_auth_limit_flood():
         finally:
             for s in socks:
                 s.close()
+        assert still_served(good)
+    assert closed_once_each(ledger)
     limited = srv.log.records("AuthLimitReached")
     assert len(limited) == 180
 
 
 def test_brute_force_logins_are_delayed_one_by_one_without_stalling_anyone():
-    with served(login_failure_delay=0.3) as (srv, good, ledger):
+    delay = 0.3
+    with served(login_failure_delay=delay) as (srv, good, ledger):
         clients = [srv.client() for _ in range(30)]
         try:
+            started = time.monotonic()
             for n, c in enumerate(clients):
                 c.send("Login", {"Username": "admin", "Secret": f"guess-{n}"})
             # While thirty failures wait out their delay, the good client is answered.
             assert good.action("Ping", timeout=1)["Ping"] == "Pong"
+            answered = []
             for c in clients:
                 assert c.read_until_closed() == b"Response: Error\r\nMessage: Authentication failed\r\n\r\n"
+                answered.append(time.monotonic() - started)
         finally:
             for c in clients:
                 c.close()
+        # Each failure waited out its own delay; the delays ran side by side, not in a queue (30 x 0.3 s).
+        assert min(answered) >= delay
+        assert max(answered) < 30 * delay / 2
+        assert still_served(good)
+    assert closed_once_each(ledger)
     failed = srv.log.records("LoginFailed")
     assert len(failed) == 30 and all(r["reason"] == "invalid_password" for r in failed)
 
@@ -296,6 +339,8 @@ def test_a_challenge_answer_cannot_be_replayed_on_another_connection_a_3_6():
                     assert second.action("Challenge", {"AuthType": "MD5"})["Challenge"] != challenge
                 second.send("Login", {"AuthType": "MD5", "Username": "admin", "Key": key})
                 assert second.read_until_closed() == b"Response: Error\r\nMessage: Authentication failed\r\n\r\n"
+        assert still_served(good)
+    assert closed_once_each(ledger)
 
 
 def test_cr_lf_injection_through_actionid_and_userevent_headers_p_1_20():
@@ -316,6 +361,8 @@ def test_cr_lf_injection_through_actionid_and_userevent_headers_p_1_20():
             assert event["UserEvent"] == "x Event: Forged"
             # "Event: Forged2" after the bare blank line is a new request, answered as one.
             assert any(b.get("Message") == "Missing action in request" for b in blocks)
+        assert still_served(good)
+    assert closed_once_each(ledger)
 
 
 def test_two_sessions_using_the_same_actionid():
@@ -329,6 +376,8 @@ def test_two_sessions_using_the_same_actionid():
             for _ in range(50):
                 assert a.read_response()["Ping"] == "Pong"
                 assert "Ping" in b.read_response() and b.buffer.count(b"Pong") == 0
+        assert still_served(good)
+    assert closed_once_each(ledger)
 
 
 def test_a_plugin_raising_in_every_hook():
@@ -338,10 +387,15 @@ def test_a_plugin_raising_in_every_hook():
             c.send("Login", {"Username": "stranger", "Secret": "x"})  # config passes it to the raising backend
             assert c.read_until_closed() == b"Response: Error\r\nMessage: Authentication failed\r\n\r\n"
         assert good.action("Crash")["Message"] == "Internal error"
-        good.action("UserEvent", {"UserEvent": "still-delivered"})
+        with srv.client() as listener:
+            listener.login("admin", "adminpass", events="user")
+            assert good.action("UserEvent", {"UserEvent": "still-delivered"})["Message"] == "Event Sent"
+            assert listener.wait_event("UserEvent")["UserEvent"] == "still-delivered"  # on_event raised
         with srv.client() as watcher:
             pass
         assert watcher.banner == b"Asterisk Call Manager/11.0.0"
+        assert still_served(good)
+    assert closed_once_each(ledger)
     text = srv.log.text()
     for hook in ("on_session_open", "on_session_close", "on_event", "authenticate", "handler"):
         assert f"{hook} failed on purpose" in text, hook

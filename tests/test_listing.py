@@ -11,7 +11,7 @@ from pathlib import Path
 from ami_server.listing import format_text, inspect_plugins
 from ami_server.testing import make_config
 
-from conftest import plugin_module
+from helpers import plugin_module
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,7 @@ import pytest
 from ami_server import ActionError, CliCommand, CommandOutput, hookimpl
 from ami_server.testing import AMIClient, make_config, running_server
 
-from conftest import USERS, process_config, start_server_process, wait_for
+from helpers import USERS, process_config, start_server_process, wait_for
 
 
 # -- Command and CLI commands ------------------------------------------------

@@ -15,7 +15,8 @@ import pytest
 from ami_server import Action, hookimpl
 from ami_server.testing import make_config, running_server
 
-from transcripts import USERS, Replayer, parse_transcript, reference_dir
+from helpers import USERS
+from transcripts import Replayer, parse_transcript, reference_dir
 
 REFERENCE = reference_dir()
 pytestmark = pytest.mark.skipif(REFERENCE is None, reason="reference transcripts not found")
@@ -174,6 +175,10 @@ SCENARIOS = {
 }
 
 
+def _received_chunks(transcript):
+    return sum(step.kind == "recv" for step in transcript.steps)
+
+
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_replay(name):
     settings, transform, plugins = SCENARIOS[name]
@@ -181,7 +186,9 @@ def test_replay(name):
     transcript = parse_transcript(REFERENCE / f"{name}.txt")
     # Only the builtin R1 actions: installed third-party plugins are left out.
     with running_server(config, extra_plugins=plugins, entry_points=()) as server:
-        Replayer(server.host, server.port, expected_transform=transform).run(transcript)
+        matched = Replayer(server.host, server.port, expected_transform=transform).run(transcript)
+    # Every chunk the transcript received arrived (masked) byte for byte; a transcript read as empty fails.
+    assert matched == _received_chunks(transcript) > 0
 
 
 def test_replay_tls_login(tmp_path):
@@ -195,9 +202,11 @@ def test_replay_tls_login(tmp_path):
     )
     transcript = parse_transcript(REFERENCE / "tls_login.txt")
     with running_server(config, entry_points=()) as server:
-        Replayer(
+        matched = Replayer(
             server.host, server.port, tls_port=server.server.tls_address[1], tls_context=client_context(cert),
         ).run(transcript)
+    assert matched == _received_chunks(transcript) > 0
+    assert any(step.kind == "connect_tls" for step in transcript.steps)
 
 
 def test_every_r1_transcript_is_replayed():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import decimal
 import enum
 import hashlib
 import json
@@ -13,6 +14,7 @@ from hypothesis import given, settings, strategies as st
 from ami_server import Action, Response, hookimpl
 from ami_server import audit
 from ami_server.audit import TRUSTED_FIELDS_KEY, MemorySink, Redactor
+from ami_server.config import load_config
 from ami_server.testing import make_config, running_server
 
 SECRET = "s3cret-Adm1n-pass"
@@ -126,12 +128,222 @@ def test_hashes_backend_errors_and_short_secrets_leak_nothing():
     assert len(errors) == 2 and all("cannot check backend-user/" in e for e in errors)
     for needle in ["h4shed-user-secret", hashed, hashed.split("$")[-1], "only-the-backend-knows", "f" * 32]:
         assert needle not in text, needle
-    # The two-letter secret is removed where it stands alone but does not mangle other words.
+    # The two-letter secret appears in no value (it is scrubbed where it is one, never as a word).
     assert {"SessionOpened", "LoginSucceeded", "ActionExecuted", "SessionClosed"} <= {r["event"] for r in records}
     assert not any(" xq " in line or '"xq"' in line for line in sink.lines)
 
 
-# -- the JSON audit trail's cached rendering (audit.py _JsonAuditLines) ---------------------------
+# -- what counts as a secret's value (redaction.py) ----------------------------------------------
+
+SHORT_SECRETS = ("is", "a", "the")
+#: Text the server writes itself, or a client's prose: short secrets are words here, not values.
+MESSAGES = [
+    "/etc/ami/config.toml: users.broken.secret: is required (or secret_hash) and must not be empty",
+    "Reload failed: <test>: users.ops.secret_hash: not a secret hash (expected $scrypt$ln=..,r=..,p=..$salt$hash)",
+    "the server is stopping",
+    "Filter was formatted incorrectly.  Check the syntax of the filter given.",
+    "Permission denied: the user is not allowed to run a command",
+    "this is a test of the redactor, a thing that is the last line of defence",
+]
+
+
+@pytest.mark.parametrize("secret", SHORT_SECRETS)
+@pytest.mark.parametrize("message", MESSAGES)
+def test_short_secrets_are_left_alone_as_words_of_a_message(secret, message):
+    """A secret like "is" is scrubbed where it is a value, never as a word: the message reads as written."""
+    redactor = Redactor(["adminpass", secret])
+    assert redactor(None, "error", {"event": "ReloadFailed", "error": message})["error"] == message
+    assert redactor._scrub([message]) == [message]
+
+
+@pytest.mark.parametrize("secret", SHORT_SECRETS)
+def test_short_secrets_are_scrubbed_where_they_are_values(secret):
+    redactor = Redactor(["adminpass", secret])
+    record = redactor(None, "info", {
+        "field": secret, "padded": f" {secret} ", "items": ["x", secret], "pairs": [("Variable", secret)],
+        "nested": {"Body": secret, secret: "as a key"},
+        "header_text": f"Action: UserEvent\r\nVariable: {secret}\r\nBody: {secret} and more",
+        "assignment": f"backend said (user=bob pw={secret}) and gave up",
+        "query": f"user=bob&pw={secret}&x=1",
+        "quoted": f"unknown value '{secret}' and \"{secret}\"",
+        "json_text": json.dumps({"value": secret}),
+    })
+    assert record == {
+        "field": "[redacted]", "padded": "[redacted]", "items": ["x", "[redacted]"],
+        "pairs": [("Variable", "[redacted]")], "nested": {"Body": "[redacted]", "[redacted]": "as a key"},
+        "header_text": f"Action: UserEvent\r\nVariable: [redacted]\r\nBody: {secret} and more",
+        "assignment": "backend said (user=bob pw=[redacted]) and gave up",
+        "query": "user=bob&pw=[redacted]&x=1",
+        "quoted": "unknown value '[redacted]' and \"[redacted]\"",
+        "json_text": '{"value": "[redacted]"}',
+    }
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("RuntimeError('backend rejected (secret=[redacted])')", "RuntimeError('backend rejected (secret=[redacted])')"),
+    ("RuntimeError('backend rejected (secret=carol-secret)')", "RuntimeError('backend rejected (secret=[redacted])')"),
+    ("key=[redacted]-and-more tail", "key=[redacted] tail"),
+    ("Action: Login\nSecret: two words\nKey: k-123\nActionID: 5", "Action: Login\nSecret: [redacted]\nKey: [redacted]\nActionID: 5"),
+    ("Action: Login Secret: hunter22 Events: off", "Action: Login Secret: [redacted]"),
+    ("{'Secret': 'x y', 'Other': 'ok'}", "{'Secret': '[redacted]', 'Other': 'ok'}"),
+    ('{"password": "a\\"b", "user": "u"}', '{"password": "[redacted]", "user": "u"}'),
+    ("[('Key', 'x y'), ('Other', 'ok')]", "[('Key', '[redacted]'), ('Other', 'ok')]"),
+    ("connect db.password=s3cr3t (retrying)", "connect db.password=[redacted] (retrying)"),
+    ("X-Api-Key: abc def", "X-Api-Key: [redacted]"),
+    ("monkey key=abc", "monkey key=[redacted]"),
+    ("secret='never closed", "secret='[redacted]'"),
+    ("users.ops.secret: must be a string, not int", "users.ops.secret: must be a string, not int"),
+])
+def test_credentials_named_in_text_lose_their_values_once(text, expected):
+    """``name: value``, ``name=value`` and quoted forms lose the value; a value already scrubbed stays as it is."""
+    redactor = Redactor(["hunter22"])
+    assert redactor(None, "info", {"text": text})["text"] == expected
+    assert redactor(None, "info", {"text": expected})["text"] == expected
+
+
+def test_long_secrets_are_scrubbed_inside_longer_values_and_words():
+    """A configured secret of SHORT_BELOW or more characters is scrubbed wherever it occurs."""
+    redactor = Redactor(["hunter22", "is"])
+    record = redactor(None, "info", {
+        "header": "Variable: PW=xhunter22y", "word": "prefixhunter22suffix", "items": ["a hunter22 b"],
+    })
+    assert record == {"header": "Variable: PW=x[redacted]y", "word": "prefix[redacted]suffix", "items": ["a [redacted] b"]}
+
+
+def test_objects_are_scrubbed_as_the_text_they_are_rendered_as():
+    """An exception, bytes or any object is written as str(): that text is scrubbed (it was passed through)."""
+
+    class Opaque:
+        def __str__(self):
+            return "Opaque(secret=s3cr3t-value, other=ok)"
+
+    redactor = Redactor(["hunter22"])
+    fine = decimal.Decimal("1.5")
+    record = redactor(None, "info", {
+        "error": ValueError("cannot use hunter22"), "raw": b"Secret: abc", "obj": Opaque(), "fine": fine,
+    })
+    assert record["error"] == "cannot use [redacted]"
+    assert record["raw"] == "b'Secret: [redacted]"
+    assert record["obj"] == "Opaque(secret=[redacted], other=ok)"
+    assert record["fine"] is fine  # nothing to scrub: rendered as before
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(st.sampled_from([
+    "hunter22", "is", "a", "the", " ", "\r\n", ":", "=", "'", '"', ",", "(", ")", "[", "]", ".", "Secret", "key",
+    "users.ops.secret", "password", "word", "[redacted]", "x-", "&",
+]), max_size=14))
+def test_scrubbing_is_idempotent_and_never_lets_a_long_secret_through(pieces):
+    redactor = Redactor(["hunter22", "is", "a", "the"])
+    text = "".join(pieces)
+    once = redactor._scrub(text)
+    assert "hunter22" not in once
+    assert once.strip() not in SHORT_SECRETS
+    assert redactor._scrub(once) == once
+
+
+class EchoPlugin:
+    """Logs the request it gets, at debug, as a plugin author might."""
+
+    @hookimpl
+    def register_actions(self):
+        def echo(ctx):
+            ctx.log.debug("request", text="\n".join(ctx.request.lines), headers=ctx.request.headers())
+            return Response.success("Echoed")
+
+        return [Action("Echo", echo, "Log the request.", ())]
+
+
+class PlainQuotingBackend:
+    """A backend whose error quotes the secret it was given as ``secret=...``."""
+
+    @hookimpl
+    def authenticate(self, request):
+        raise RuntimeError(f"backend rejected (secret={request.secret})")
+
+
+def _strings(value):
+    """Every string inside a decoded JSON record."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def test_short_secrets_end_to_end_messages_intact_values_scrubbed(tmp_path):
+    """Secrets "is", "a", "the": a failed reload's message reads as written, a backend's quoted
+    credential is scrubbed once, and wherever one of them is a value it is gone (A-3.16)."""
+    path = tmp_path / "config.toml"
+    base = """
+[server]
+host = "127.0.0.1"
+port = 0
+login_failure_delay = 0
+
+[logging]
+level = "debug"
+
+[auth]
+backends = ["config", "quoting"]
+
+[users.admin]
+secret = "is"
+read = "all"
+write = "all"
+
+[users.ann]
+secret = "a"
+read = "all"
+
+[users.theo]
+secret = "the"
+read = "all"
+"""
+    path.write_text(base)
+    expected = f"{path}: users.broken.secret: is required (or secret_hash) and must not be empty"
+    sink = MemorySink()
+    plugins = [("echo", EchoPlugin()), ("quoting", PlainQuotingBackend())]
+    with running_server(load_config(path), log_sink=sink, extra_plugins=plugins) as srv:
+        with srv.client() as c:
+            assert c.login("admin", "is", events="off")["Message"] == "Authentication accepted"
+            path.write_text(base + '\n[users.broken]\nread = "all"\n')
+            assert c.action("ServerReload")["Message"] == f"Reload failed: {expected}"
+            c.action("Echo", {"ActionID": "the", "Variable": "a", "Body": "the end is a beginning"})
+        with srv.client() as c:
+            c.send("Login", {"Username": "carol", "Secret": "carol-secret"})
+            assert c.read_until_closed() == b"Response: Error\r\nMessage: Authentication failed\r\n\r\n"
+        with srv.client() as c:
+            c.send("Login", {"Username": "the", "Secret": "the"})
+            c.read_until_closed()
+    (reload_failed,) = sink.records("ReloadFailed")
+    assert reload_failed["error"] == expected
+    reload_executed = [r for r in sink.records("ActionExecuted") if r["action"] == "ServerReload"]
+    assert [r["message"] for r in reload_executed] == [f"Reload failed: {expected}"]
+    backend_errors = sink.records("AuthBackendError")
+    assert [(r["username"], r["error"]) for r in backend_errors] == [
+        ("carol", "RuntimeError('backend rejected (secret=[redacted])')"),
+        ("[redacted]", "RuntimeError('backend rejected (secret=[redacted])')"),
+    ]
+    (request,) = sink.records("request")
+    assert request["text"] == "Action: Echo\nActionID: [redacted]\nVariable: [redacted]\nBody: the end is a beginning"
+    assert request["headers"] == [["Action", "Echo"], ["ActionID", "[redacted]"], ["Variable", "[redacted]"],
+                                  ["Body", "the end is a beginning"]]
+    echo_executed = [r for r in sink.records("ActionExecuted") if r["action"] == "Echo"]
+    assert [r["action_id"] for r in echo_executed] == ["[redacted]"]
+    assert [r["username"] for r in sink.records("LoginFailed")] == ["carol", "[redacted]"]
+    for record in sink.records():
+        for text in _strings(record):
+            assert text.strip() not in SHORT_SECRETS, record
+            for line in text.splitlines():
+                assert line.partition(": ")[2].strip() not in SHORT_SECRETS, record
+
+
+# -- the JSON audit trail's cached rendering (audit_json.py JsonAuditLines) --------------------
 
 _NOW = "2026-01-01T00:00:00.000+00:00"
 _SECRETS = ("hunter2-secret", "s3cr3tpass", "ab")

@@ -15,7 +15,7 @@ from ami_server.audit import MemorySink
 from ami_server.server import Server, ServerError
 from ami_server.testing import make_config, running_server
 
-from conftest import USERS
+from helpers import USERS, non_loopback_ipv4, wait_for
 from tlsutil import client_context, make_certificate
 
 
@@ -158,6 +158,9 @@ def test_a_client_that_distrusts_the_certificate_is_refused_cleanly(certificate,
         raw.close()
         with srv.client() as plain:
             assert plain.action("Ping")["Message"] == "Permission denied"
+        # The server saw a failed handshake, and nothing went wrong inside it.
+        wait_for(lambda: srv.log.records("TLSHandshakeFailed"), "the refused handshake to be recorded")
+    assert [r for r in srv.log.records() if r["level"] not in ("info", "debug")] == []
 
 
 def write(path, text):
@@ -215,8 +218,6 @@ def test_tls_table_needs_certificate_and_key():
 
 
 def test_plaintext_secret_over_tls_is_allowed_when_tls_is_required(certificate):
-    from test_auth import non_loopback_ipv4
-
     address = non_loopback_ipv4()
     if address is None:
         pytest.skip("this machine has no non-loopback IPv4 address")

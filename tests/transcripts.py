@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
+from helpers import USERS
+
 REFERENCE_DIRS = [
     Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "asterisk-22.10.1",
     Path(__file__).resolve().parent / "reference" / "asterisk-22.10.1",
@@ -24,12 +26,6 @@ REFERENCE_DIRS = [
 
 _STEP_RE = re.compile(r"^\[\+\s*([0-9.]+)\] (?:C([0-9]+) (<<|>>|--) ?(.*)|NOTE: (.*))$")
 _COUNT_RE = re.compile(r"^\((\d+) bytes\)$")
-
-USERS = {
-    "admin": {"secret": "adminpass", "read": "all", "write": "all"},
-    "reader": {"secret": "readerpass", "read": "system,call,user", "write": []},
-    "limited": {"secret": "limitedpass", "read": "call", "write": "call"},
-}
 
 
 def reference_dir() -> Optional[Path]:
@@ -214,8 +210,13 @@ class Replayer:
         if mask(self.received[conn]) != mask(self.expected[conn]):
             self._fail(conn, "received bytes the transcript does not have")
 
-    def run(self, transcript: Transcript) -> None:
+    def run(self, transcript: Transcript) -> int:
+        """Replay ``transcript``; raise :class:`ReplayError` at the first difference.
+
+        Returns how many of its received chunks arrived as recorded (every one, when it returns).
+        """
         previous = 0.0
+        matched = 0
         try:
             for step in transcript.steps:
                 gap = step.time - previous
@@ -250,6 +251,7 @@ class Replayer:
                     while not mask(self.received[conn]).startswith(want):
                         if not self._read(conn, deadline):
                             self._fail(conn, "expected bytes did not arrive")
+                    matched += 1
                 elif step.kind == "close":
                     self._check_drained(conn)
                     self.socks[conn].close()
@@ -265,6 +267,7 @@ class Replayer:
             time.sleep(0.3)
             for conn in self.socks:
                 self._check_drained(conn, 0.02)
+            return matched
         finally:
             for sock in self.socks.values():
                 sock.close()

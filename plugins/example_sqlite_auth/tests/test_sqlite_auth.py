@@ -45,12 +45,56 @@ def test_users_from_the_database_log_in_with_their_classes(ami_server, ami_clien
     reply = ami_client.login("alice", "alice-secret", events="off")  # user names are case-insensitive
     assert reply["Message"] == "Authentication accepted"
     assert ami_client.action("UserEvent", {"UserEvent": "x"})["Response"] == "Success"  # write: user
+    assert ami_client.action("ServerReload")["Message"] == "Permission denied"  # no write: system
     login = ami_server.log.records("LoginSucceeded")[-1]
     assert login["backend"] == "sqlite_auth" and login["username"] == "alice"
 
 
-def test_config_users_still_come_first(ami_server, ami_client):
-    assert ami_client.login("admin", "adminpass")["Message"] == "Authentication accepted"
+def _both_know_alice(database, backends):
+    """A server where alice is in config.toml (secret and classes of her own) and in the database."""
+    from ami_server.testing import running_server
+
+    return running_server(make_config({
+        "users": {
+            "admin": {"secret": "adminpass", "read": "all", "write": "all"},
+            "alice": {"secret": "config-alice", "read": "system", "write": []},
+        },
+        "auth": {"backends": backends},
+        "plugins": {"sqlite_auth": {"database": str(database)}},
+    }))
+
+
+def _alice_can_send_user_events(srv, secret):
+    """Log alice in with ``secret``; whether her classes let her send a UserEvent (write: user)."""
+    with srv.client() as client:
+        assert client.login("alice", secret, events="off")["Message"] == "Authentication accepted"
+        return client.action("UserEvent", {"UserEvent": "x"})["Response"] == "Success"
+
+
+def test_config_users_still_come_first(database):
+    """With backends = ["config", "sqlite_auth"], a user in both is the config's: its secret, its classes."""
+    with _both_know_alice(database, ["config", "sqlite_auth"]) as srv:
+        with srv.client() as client:
+            assert client.login("admin", "adminpass")["Message"] == "Authentication accepted"
+        assert _alice_can_send_user_events(srv, "config-alice") is False  # config: write none
+        with srv.client() as client:  # the database's secret is never tried: config answered already
+            client.send("Login", {"Username": "alice", "Secret": "alice-secret"})
+            assert client.read_until_closed() == FAILED
+    assert [r["backend"] for r in srv.log.records("LoginSucceeded")] == ["config", "config"]
+    (failed,) = srv.log.records("LoginFailed")
+    assert (failed["backend"], failed["reason"]) == ("config", "invalid_password")
+
+
+def test_the_backend_order_decides_who_answers_for_a_user_in_both(database):
+    """The same users with the database first: now its secret and classes count, and config's are never tried."""
+    with _both_know_alice(database, ["sqlite_auth", "config"]) as srv:
+        assert _alice_can_send_user_events(srv, "alice-secret") is True  # database: write user
+        with srv.client() as client:
+            client.send("Login", {"Username": "alice", "Secret": "config-alice"})
+            assert client.read_until_closed() == FAILED
+    assert [r["backend"] for r in srv.log.records("LoginSucceeded")] == ["sqlite_auth"]
+    (failed,) = srv.log.records("LoginFailed")
+    assert (failed["backend"], failed["reason"]) == ("sqlite_auth", "invalid_password")
 
 
 @pytest.mark.parametrize(

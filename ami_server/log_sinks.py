@@ -1,0 +1,136 @@
+"""Where log lines go: the sink interface, a threaded stream writer, an in-memory sink.
+
+A separate module because where lines go is independent of what they say:
+the server, the CLI and the tests pick a sink, and the loggers built in
+:mod:`ami_server.audit` only hand rendered lines to it. The stream writer
+exists so that the event loop never waits for a disk or a terminal: lines
+go through a bounded buffer to a writer thread, and a stuck sink costs
+dropped lines, not latency.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import threading
+from typing import List, Optional, TextIO
+
+__all__ = ["LogSink", "StreamSink", "MemorySink"]
+
+
+class LogSink:
+    """Receives rendered log lines; subclasses decide where they go."""
+
+    def write_line(self, line: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Flush and release the sink."""
+
+    # structlog calls the wrapped logger's method named after the level.
+    def msg(self, line: str) -> None:
+        self.write_line(line)
+
+    debug = info = warning = warn = error = critical = exception = msg
+
+
+class StreamSink(LogSink):
+    """Writes lines to a text stream from a background thread through a bounded buffer.
+
+    The event loop only appends to a deque (no lock on the common path); the
+    writer thread takes everything queued at once and writes it in one call,
+    so a burst of records costs one write and one flush. After a wake-up the
+    writer lets lines gather for ``BATCH_SECONDS``: a thread woken for every
+    record would compete with the event loop for the interpreter lock.
+    """
+
+    #: How long the writer lets lines gather before writing them.
+    BATCH_SECONDS = 0.02
+
+    def __init__(self, stream: TextIO, capacity: int = 10000, owns_stream: bool = False) -> None:
+        self._stream = stream
+        self._owns = owns_stream
+        self._capacity = capacity
+        self._lines: "collections.deque[str]" = collections.deque()
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._closing = False
+        self._dropped = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="ami-server-log", daemon=True)
+        self._thread.start()
+
+    def write_line(self, line: str) -> None:
+        if len(self._lines) >= self._capacity:
+            with self._lock:
+                self._dropped += 1
+            return
+        self._lines.append(line)
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def _run(self) -> None:
+        lines = self._lines
+        while True:
+            self._wake.wait()
+            self._closed.wait(self.BATCH_SECONDS)
+            self._wake.clear()
+            batch = []
+            while lines:
+                batch.append(lines.popleft())
+            with self._lock:
+                dropped, self._dropped = self._dropped, 0
+            try:
+                if dropped:
+                    self._stream.write(f'{{"event": "LogLinesDropped", "count": {dropped}}}\n')
+                if batch:
+                    self._stream.write("\n".join(batch) + "\n")
+                self._stream.flush()
+            except (OSError, ValueError):
+                # The stream failed (full disk, closed): count the loss, keep serving.
+                with self._lock:
+                    self._dropped += len(batch)
+            if self._closing and not lines:
+                return
+
+    def close(self) -> None:
+        self._closing = True
+        self._closed.set()
+        self._wake.set()
+        self._thread.join(timeout=5)
+        try:
+            self._stream.flush()
+            if self._owns:
+                self._stream.close()
+        except (OSError, ValueError):
+            pass
+
+
+class MemorySink(LogSink):
+    """Keeps lines in a list (tests, embedding); thread-safe."""
+
+    def __init__(self) -> None:
+        self.lines: List[str] = []
+        self._lock = threading.Lock()
+
+    def write_line(self, line: str) -> None:
+        with self._lock:
+            self.lines.append(line)
+
+    def text(self) -> str:
+        with self._lock:
+            return "\n".join(self.lines)
+
+    def records(self, event: Optional[str] = None) -> List[dict]:
+        """The JSON records written so far (lines that are not JSON are skipped), or those named ``event``."""
+        with self._lock:
+            lines = list(self.lines)
+        out = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and (event is None or record.get("event") == event):
+                out.append(record)
+        return out
