@@ -23,7 +23,7 @@ from ami_server.privileges import CLASSES, ClassListError, parse_class_list, par
 from ami_server.protocol import Message, ascii_lower
 from ami_server.testing import make_config, running_server
 
-from conftest import USERS
+from helpers import USERS
 
 KELVIN = "\u212a"
 

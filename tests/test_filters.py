@@ -10,7 +10,7 @@ import ami_server
 from ami_server.filters import MAX_PATTERN_LENGTH, EventFilters, FilterPattern, compile_filter
 from ami_server.testing import AMIClient, make_config, running_server
 
-from conftest import USERS, process_config, start_server_process
+from helpers import USERS, process_config, start_server_process
 
 DID_NOT_COMPILE = "Filter did not compile.  Check the syntax of the filter given."
 #: Generous: only a frozen loop misses it (a backtracking engine would take hours).

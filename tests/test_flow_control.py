@@ -8,7 +8,7 @@ import time
 
 from ami_server.testing import make_config, running_server
 
-from conftest import USERS
+from helpers import USERS
 
 
 def config(**server):

@@ -9,7 +9,7 @@ import pytest
 
 from ami_server.testing import make_config, running_server
 
-from conftest import USERS
+from helpers import USERS
 from sample_plugins import BrokenBackend, StaticBackend
 
 

@@ -8,7 +8,7 @@ from ami_server.builtin.waitevent import MAX_TIMEOUT, TIMEOUT_TOO_LARGE, parse_t
 from ami_server.privileges import ALL, CLASSES, parse_event_mask
 from ami_server.testing import make_config, running_server
 
-from conftest import USERS
+from helpers import USERS
 
 HUGE = "9" * 1000
 

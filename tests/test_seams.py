@@ -11,7 +11,7 @@ import pytest
 from ami_server import Backoff, Event, StreamProtocol, hookimpl
 from ami_server.testing import MemoryServer, make_config, parse_blocks, running_server
 
-from conftest import USERS
+from helpers import USERS
 
 
 class Keeper:

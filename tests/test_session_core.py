@@ -15,7 +15,7 @@ from ami_server import Action, Response, hookimpl
 from ami_server.core import MESSAGES_PER_TURN
 from ami_server.testing import MemoryServer, make_config, parse_blocks
 
-from conftest import USERS
+from helpers import USERS
 from sample_plugins import Burst
 
 LOGIN = b"Action: Login\r\nUsername: admin\r\nSecret: adminpass\r\nEvents: off\r\n\r\n"
