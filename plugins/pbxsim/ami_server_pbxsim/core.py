@@ -31,13 +31,14 @@ Done = Callable[[OriginateResult], None]
 class OriginState:
     """An originate in progress: the request, its completion callback and its no-answer timer."""
 
-    __slots__ = ("request", "done", "timer", "finished")
+    __slots__ = ("request", "done", "timer", "finished", "dial_ended")
 
     def __init__(self, request: Originate, done: Done) -> None:
         self.request = request
         self.done = done
         self.timer: Any = None
         self.finished = False
+        self.dial_ended = False  # DialEnd sent, or deliberately none (timeout)
 
 
 class Simulator(Interpreter):
@@ -80,6 +81,17 @@ class Simulator(Interpreter):
 
     def chan_event(self, name: str, ch: Channel, extra: Headers = (), classes: str = "call") -> None:
         self.emit(name, classes, ch.block() + extra if extra else ch.block())
+
+    def _release_dial_states(self, ch: Channel) -> None:
+        """A deferred DialState about ``ch`` goes out before its Hangup, never after it."""
+        keep = []
+        for item in self._deferred:
+            name, classes, headers = item
+            if name == "DialState" and (("DestChannel", ch.name) in headers or ("Channel", ch.name) in headers):
+                self.emit(name, classes, headers)
+            else:
+                keep.append(item)
+        self._deferred = keep
 
     def _device_state(self, ch: Channel, state: str) -> None:
         self._deferred.append(("DeviceStateChange", "call", (("Device", ch.device), ("State", state))))
@@ -306,6 +318,7 @@ class Simulator(Interpreter):
             return
         if state.timer is not None:
             state.timer.cancel()
+        state.dial_ended = True
         self.dial_event("DialEnd", None, callee, (("DialStatus", status),))
         reason = 5 if status == "BUSY" else 8
         self.hangup(callee, 0, between=lambda: self.finish_origin(state, False, reason, None))
@@ -316,6 +329,7 @@ class Simulator(Interpreter):
             return
         state.timer = None
         # No DialEnd here: Asterisk 22 sends none when an originate times out.
+        state.dial_ended = True
         self.hangup(ch, 19, between=lambda: self.finish_origin(state, False, 3, None))
 
     def finish_origin(self, state: OriginState, success: bool, reason: int, ch: Optional[Channel]) -> None:
@@ -349,6 +363,10 @@ class Simulator(Interpreter):
             return
         x.gone = True
         self._stop(x)
+        origin = x.origin
+        if origin is not None and not origin.finished and not origin.dial_ended and x.state != UP:
+            origin.dial_ended = True
+            self.dial_event("DialEnd", None, x, (("DialStatus", "CANCEL"),))
         if x.in_pbx:
             self.chan_event("SoftHangupRequest", x, (("Cause", "16"),))
         peer = x.peer if x.peer is not None and not x.peer.gone else None
@@ -393,6 +411,7 @@ class Simulator(Interpreter):
             self.dial_refused(callee.dialed_by, status, hang_callee=False)
         elif callee.origin is not None and not callee.origin.finished and callee.state != UP:
             state = callee.origin
+            state.dial_ended = True
             self.dial_event("DialEnd", None, callee, (("DialStatus", status),))
             self.finish_origin(state, False, 0, None)
 
@@ -406,6 +425,8 @@ class Simulator(Interpreter):
             partner = self.bridge_leave(ch)
         if ch.dial is not None and not ch.dial.answered and not ch.dial.finished:
             self.dial_cancel(ch.dial)
+        if self._deferred:
+            self._release_dial_states(ch)
         self.chan_event("Hangup", ch, (("Cause", str(cause)), ("Cause-txt", cause_text(cause))))
         self._device_state(ch, "NOT_INUSE")
         self.channels.pop(ch.name, None)
