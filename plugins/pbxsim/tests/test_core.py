@@ -177,3 +177,23 @@ def test_config_errors_name_the_key(table, message):
     with pytest.raises(ConfigError) as info:
         parse_config(table)
     assert str(info.value).startswith(message)
+
+
+def test_sample_config_toml_section_works():
+    """The [plugins.pbxsim] section of the repository's config.toml parses and runs Local/100@default."""
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        import tomli as tomllib
+
+    from pbxconf import REPO
+
+    table = tomllib.loads((REPO / "config.toml").read_text())["plugins"]["pbxsim"]
+    sim, clock, events = make_simulator(table)
+    results = []
+    sim.originate(Originate("Local/100@default", application="Wait", data="1"), results.append)
+    clock.advance(10)
+    assert results[0].success and any(e.name == "UserEvent" for e in events) and not sim.channels
+    sim.originate(Originate("Local/alice@default", application="Wait", data="1"), results.append)
+    clock.advance(30)
+    assert results[1].success and any(e.name == "BridgeCreate" for e in events)
