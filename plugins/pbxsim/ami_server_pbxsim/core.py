@@ -58,6 +58,7 @@ class Simulator(Interpreter):
         self._uid = config.first_uniqueid
         self._counters: Dict[str, int] = {"local": config.first_local}
         self._deferred: List[Tuple[str, str, Headers]] = []
+        self._hot: List[Channel] = []
         self.calls_processed = 0
         self.talk: Dict[str, Tuple[float, int]] = {}   # linkedid -> (talk time, hangup cause) for traffic calls
         self.ring: Dict[str, float] = {}               # linkedid -> ring time for endpoints dialed by traffic
@@ -78,9 +79,20 @@ class Simulator(Interpreter):
             pending, self._deferred = self._deferred, []
             for name, classes, headers in pending:
                 self.emit(name, classes, headers)
+        if self._hot:
+            self.cool()
 
     def chan_event(self, name: str, ch: Channel, extra: Headers = (), classes: str = "call") -> None:
-        self.emit(name, classes, ch.block() + extra if extra else ch.block())
+        if ch._block is None:
+            self._hot.append(ch)
+        block = ch.block()
+        self.emit(name, classes, block + extra if extra else block)
+
+    def cool(self) -> None:
+        """Drop the header blocks cached during a burst: an idle call should cost little memory."""
+        for ch in self._hot:
+            ch._block = None
+        self._hot.clear()
 
     def _release_dial_states(self, ch: Channel) -> None:
         """A deferred DialState about ``ch`` goes out before its Hangup, never after it."""
@@ -294,6 +306,7 @@ class Simulator(Interpreter):
             state.timer = None
         self.dial_event("DialEnd", None, callee, (("DialStatus", "ANSWER"),))
         req = state.request
+        callee.origin = None  # answered: nothing refers to the request any more
         if req.application:
             self.finish_origin(state, True, 4, callee)
             callee.in_pbx = False
