@@ -98,10 +98,10 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _action(sock: socket.socket, text: str) -> str:
+def _action(sock: socket.socket, text: str, until: str = r"\r\n\r\n") -> str:
     sock.sendall(text.encode())
     data = b""
-    while b"\r\n\r\n" not in data:
+    while not re.search(until.encode(), data):
         data += sock.recv(65536)
     return data.decode()
 
@@ -118,7 +118,7 @@ output_queue_limit = 8388608
 [logging]
 file = "{log}"
 format = "json"
-level = "warning"
+level = "info"
 [users.sub]
 secret = "subpass"
 read = "all"
@@ -144,7 +144,6 @@ ring_time = 0.2
 talk_time = 1.0
 total_calls = {calls}
 """)
-    (tmp / "config.toml").write_text((tmp / "config.toml").read_text().replace("[logging]\n", "[logging]\n", 1))
     proc = subprocess.Popen([sys.executable, "-m", "ami_server.cli", "--config", str(tmp / "config.toml")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -175,7 +174,7 @@ total_calls = {calls}
         # let the last calls finish (ring 0.2 + answer + talk 1.0) and the output drain
         while True:
             time.sleep(1.0)
-            status = _action(driver, "Action: CoreShowChannels\r\n\r\n")
+            status = _action(driver, "Action: CoreShowChannels\r\n\r\n", r"ListItems: \d+\r\n\r\n")
             if "ListItems: 0" in status or time.monotonic() - wall0 > setup_window + 30:
                 break
         time.sleep(1.0)
