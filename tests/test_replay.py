@@ -212,16 +212,15 @@ def test_replay_tls_login(tmp_path):
 def test_every_r1_transcript_is_replayed():
     """A new transcript in the reference set must be classified here, not silently skipped."""
     later = {"response_event_order"}
-    names = {p.stem for p in REFERENCE.glob("*.txt")} - {"00-SUMMARY", "00-SUMMARY-CALLS"}
-    assert names - later - {"tls_login"} - CALL_SCENARIOS == set(SCENARIOS)
-
-
-#: The call transcripts (00-SUMMARY-CALLS.txt): Originate, channels and bridges,
-#: which only a call source such as the PBX simulator can answer, and the
-#: upstream ones, which describe an Asterisk behind the gateway.
-CALL_SCENARIOS = {
-    "command_outputs", "coreshowchannels", "events_during_reload", "getvar_setvar", "hangup_action",
-    "list_actions_misc", "originate_async_local_lifecycle", "originate_bridge_call", "originate_failures",
-    "reader_sees_call_events", "redirect_action", "status_action", "two_clients_concurrent_actions",
-    "upstream_restart", "upstream_shutdown", "waitevent_with_call",
-}
+    # Call transcripts: replayed by plugins/pbxsim/tests/test_replay_calls.py with the simulator.
+    calls = {"originate_async_local_lifecycle", "coreshowchannels", "status_action"}
+    # Call transcripts whose events Asterisk orders differently from run to run (its threads
+    # race), or that need modules the simulator does not have (queues, shutdown): checked by
+    # the simulator's own tests, not replayed byte for byte.
+    calls_not_replayed = {
+        "originate_bridge_call", "originate_failures", "hangup_action", "getvar_setvar", "redirect_action",
+        "list_actions_misc", "reader_sees_call_events", "waitevent_with_call", "command_outputs",
+        "two_clients_concurrent_actions", "events_during_reload", "upstream_shutdown", "upstream_restart",
+    }
+    names = {p.stem for p in REFERENCE.glob("*.txt")} - {"00-SUMMARY", "00-SUMMARY-CALLS"} - calls - calls_not_replayed
+    assert names - later - {"tls_login"} == set(SCENARIOS)

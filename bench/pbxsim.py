@@ -1,0 +1,225 @@
+"""Benchmark of the pbxsim plugin: call setups/s with 100 subscribers, and memory per 1,000 calls.
+
+Prints figures; asserts nothing about time. Two parts:
+
+1. ``memory``: the simulator core on a fake clock holds N concurrent calls
+   (Local pair running Answer + Echo); RSS growth per 1,000 calls.
+2. ``server``: a real ami-server process with pbxsim; 100 subscriber sessions
+   (read=all, events on) in a separate reader process; pbxsim traffic places
+   inbound calls at a fixed rate (each: endpoint -> Dial(PJSIP/bob) -> bridge ->
+   hang-up, ~25 events). Reports call setups/s, events published and delivered/s,
+   loss (published x subscribers - delivered), and the server's CPU seconds.
+
+    python bench/pbxsim.py [--rate 200] [--calls 2000] [--subscribers 100] [--concurrent 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import multiprocessing
+import os
+import re
+import selectors
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def memory(concurrent: int) -> None:
+    from ami_server_pbxsim.channels import Originate
+    from ami_server_pbxsim.testing import FakeClock
+    from ami_server_pbxsim import Simulator, parse_config
+
+    clock = FakeClock()
+    config = parse_config({"extensions": {"up@default": ["Answer", "Echo"]}})
+    sim = Simulator(config, lambda n, c, h: None, clock.call_later, clock.monotonic, lambda: 1796224762.0)
+    gc.collect()
+    before = rss_kib()
+    started = time.perf_counter()
+    for _ in range(concurrent):
+        sim.originate(Originate("Local/up@default", application="Echo"), lambda r: None)
+    clock.advance(1.0)
+    elapsed = time.perf_counter() - started
+    gc.collect()
+    after = rss_kib()
+    assert len(sim.channels) == 2 * concurrent
+    print(f"memory: {concurrent} concurrent calls ({2 * concurrent} channels): RSS +{(after - before) / 1024:.1f} MiB"
+          f" = {(after - before) / 1024 / (concurrent / 1000):.2f} MiB per 1,000 calls;"
+          f" core alone sets up {concurrent / elapsed:,.0f} calls/s (no subscribers, no sockets)")
+
+
+def _subscriber_process(port: int, count: int, ready, stop, result) -> None:
+    sel = selectors.DefaultSelector()
+    socks = []
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b"Action: Login\r\nUsername: sub\r\nSecret: subpass\r\n\r\n")
+        socks.append(s)
+    counts = [0] * count
+    tails = [b""] * count
+    for i, s in enumerate(socks):
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ, i)
+    ready.set()
+    while not stop.is_set():
+        for key, _ in sel.select(0.2):
+            i = key.data
+            try:
+                data = key.fileobj.recv(1 << 20)
+            except BlockingIOError:
+                continue
+            if not data:
+                sel.unregister(key.fileobj)
+                continue
+            buf = tails[i] + data
+            counts[i] += buf.count(b"\r\nPrivilege: call,all\r\n") + buf.count(b"\r\nPrivilege: dialplan,all\r\n")
+            tails[i] = buf[-40:]
+            # avoid double counting across the kept tail
+            counts[i] -= tails[i].count(b"\r\nPrivilege: call,all\r\n") + tails[i].count(b"\r\nPrivilege: dialplan,all\r\n")
+    for i in range(count):
+        counts[i] += tails[i].count(b"\r\nPrivilege: call,all\r\n") + tails[i].count(b"\r\nPrivilege: dialplan,all\r\n")
+    result.put(counts)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _action(sock: socket.socket, text: str, until: str = r"\r\n\r\n") -> str:
+    sock.sendall(text.encode())
+    data = b""
+    while not re.search(until.encode(), data):
+        data += sock.recv(65536)
+    return data.decode()
+
+
+def server(rate: float, calls: int, subscribers: int) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="pbxsim-bench-"))
+    log = tmp / "server.log"
+    (tmp / "config.toml").write_text(f"""
+[server]
+host = "127.0.0.1"
+port = 0
+auth_limit = {subscribers + 10}
+output_queue_limit = 8388608
+[logging]
+file = "{log}"
+format = "json"
+level = "info"
+[users.sub]
+secret = "subpass"
+read = "all"
+write = []
+[users.driver]
+secret = "driverpass"
+read = []
+write = "all"
+[plugins.pbxsim]
+seed = 1
+[plugins.pbxsim.extensions]
+"in@default" = ["Dial(PJSIP/bob,10)", "Hangup"]
+[plugins.pbxsim.endpoints.alice]
+callerid = '"Alice" <201>'
+[plugins.pbxsim.endpoints.bob]
+answer_delay = 0.2
+[plugins.pbxsim.traffic]
+calls_per_second = {rate}
+max_concurrent = 100000
+callers = ["alice"]
+destinations = ["in@default"]
+ring_time = 0.2
+talk_time = 1.0
+total_calls = {calls}
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "ami_server.cli", "--config", str(tmp / "config.toml")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        port = None
+        while port is None:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit("server did not start")
+            found = log.exists() and re.search(r'"address": "127\.0\.0\.1:(\d+)"', log.read_text())
+            port = int(found.group(1)) if found else None
+            time.sleep(0.05)
+        ctx = multiprocessing.get_context("spawn")
+        ready, stop, result = ctx.Event(), ctx.Event(), ctx.Queue()
+        reader = ctx.Process(target=_subscriber_process, args=(port, subscribers, ready, stop, result))
+        reader.start()
+        if not ready.wait(30):
+            raise SystemExit("subscribers did not connect")
+        time.sleep(1.0)
+        driver = socket.create_connection(("127.0.0.1", port), timeout=10)
+        driver.recv(100)
+        _action(driver, "Action: Login\r\nUsername: driver\r\nSecret: driverpass\r\nEvents: off\r\n\r\n")
+        published0 = int(re.search(r"EventsPublished: (\d+)", _action(driver, "Action: ServerStatus\r\n\r\n")).group(1))
+        cpu0, wall0 = _cpu_seconds(proc.pid), time.monotonic()
+        _action(driver, "Action: PBXSimStart\r\n\r\n")
+        setup_window = calls / rate
+        time.sleep(setup_window)
+        setup_cpu = _cpu_seconds(proc.pid) - cpu0
+        # let the last calls finish (ring 0.2 + answer + talk 1.0) and the output drain
+        while True:
+            time.sleep(1.0)
+            status = _action(driver, "Action: CoreShowChannels\r\n\r\n", r"ListItems: \d+\r\n\r\n")
+            if "ListItems: 0" in status or time.monotonic() - wall0 > setup_window + 30:
+                break
+        time.sleep(1.0)
+        cpu1, wall1 = _cpu_seconds(proc.pid), time.monotonic()
+        text = _action(driver, "Action: ServerStatus\r\n\r\n")
+        published = int(re.search(r"EventsPublished: (\d+)", text).group(1)) - published0
+        dropped = re.search(r"EventsDropped: (\d+)", text)
+        slow = re.search(r"SlowConsumerDisconnects: (\d+)", text)
+        stop.set()
+        counts = result.get(timeout=30)
+        reader.join(10)
+        delivered = sum(counts)
+        call_events = min(counts) if counts else 0
+        print(f"server: {calls} calls offered at {rate:g}/s to {subscribers} subscribers over {setup_window:.1f} s")
+        print(f"  call setups/s sustained: {calls / setup_window:.0f} (server CPU {setup_cpu / setup_window * 100:.0f}% "
+              f"of one core while placing calls)")
+        print(f"  events published: {published} ({published / calls:.1f} per call, incl. the driver's status events)")
+        print(f"  call+dialplan events delivered: {delivered} in {wall1 - wall0:.1f} s = "
+              f"{delivered / (wall1 - wall0):,.0f}/s; per subscriber min {min(counts)} max {max(counts)}")
+        print(f"  loss: {max(counts) * len(counts) - delivered} deliveries short of the fullest subscriber; "
+              f"server EventsDropped {dropped.group(1) if dropped else '?'}, "
+              f"slow-consumer disconnects {slow.group(1) if slow else '?'}")
+        print(f"  server CPU: {cpu1 - cpu0:.1f} s over {wall1 - wall0:.1f} s wall")
+        driver.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--subscribers", type=int, default=100)
+    parser.add_argument("--concurrent", type=int, default=10000)
+    parser.add_argument("--only", choices=("memory", "server"))
+    args = parser.parse_args()
+    if args.only != "server":
+        memory(args.concurrent)
+    if args.only != "memory":
+        server(args.rate, args.calls, args.subscribers)
+
+
+if __name__ == "__main__":
+    main()
