@@ -194,7 +194,11 @@ class SessionCore:
             return
         if session.output_paused and len(session.out) <= self.outbox.limit:
             session.output_paused = False
-            self.process_input(session)
+            run = session.current
+            if run is not None and run.stream is not None:
+                self.dispatcher.stream(session, run)  # a long list reply goes on
+            else:
+                self.process_input(session)
 
     # -- closing ----------------------------------------------------------
     def close_after_flush(self, session: Session, reason: str) -> None:

@@ -42,6 +42,9 @@ __all__ = ["Dispatcher", "PRE_LOGIN"]
 
 #: Actions a session may run before it logged in (R-2.8 step 2).
 PRE_LOGIN = frozenset({"login", "logoff", "challenge"})
+#: A list reply with more items than this is rendered and queued this many items per loop turn,
+#: so that other sessions are served meanwhile and the output stays near its limit.
+LIST_SLICE = 256
 #: guard(session, action name, request or None) -> None to allow, or the name of the rule that refuses.
 Guard = Callable[[SessionInfo, str, Optional[Message]], Optional[str]]
 
@@ -370,6 +373,9 @@ class Dispatcher:
             if run.audit:
                 self.audit.executed(session, run, response)
             return
+        if len(response.blocks) > LIST_SLICE:
+            self._start_stream(session, run, response)
+            return
         try:
             parts = [render_response(response.status, action_id, response.message, response.headers, response.list_start)]
             for block in response.blocks:
@@ -392,6 +398,61 @@ class Dispatcher:
             self.audit.executed(session, run, response)
         if response.close:
             self.core.close_after_flush(session, session.close_reason or "logoff")
+
+    # -- long list replies ---------------------------------------------------
+    def _start_stream(self, session: Session, run: ActionRun, response: Response) -> None:
+        """Write the response line now and the items a slice per turn; the run stays current,
+        so events are held and later requests wait as for any reply (R-2.9, R-2.10)."""
+        try:
+            head = render_response(response.status, run.action_id, response.message, response.headers,
+                                   response.list_start)
+        except Exception as exc:  # noqa: BLE001 - an invalid reply is an internal error
+            self.handler_failed(session, run, exc)
+            return
+        run.stream = (response, 0)
+        self.outbox.write(session, head)
+        self.loop.call_soon(lambda: self.stream(session, run))
+
+    def stream(self, session: Session, run: ActionRun) -> None:
+        """Queue the next slice of a long list reply; finish it after the last one."""
+        if session.closed or session.current is not run or run.stream is None:
+            return
+        if self.outbox.paused(session):
+            session.output_paused = True  # SessionCore.output_sent calls back once it drained
+            return
+        response, start = run.stream
+        blocks = response.blocks
+        end = min(start + LIST_SLICE, len(blocks))
+        action_id = run.action_id
+        try:
+            parts = [render_block(b.name, b.headers, action_id if b.with_action_id else "") for b in blocks[start:end]]
+            completion = b""
+            if end == len(blocks) and response.completion is not None:
+                block = response.completion
+                completion = render_block(block.name, block.headers, action_id if block.with_action_id else "")
+        except Exception as exc:  # noqa: BLE001 - half a list was sent: the session cannot go on
+            self.log.error("ActionFailed", action=run.name, session=session.session_id, error=repr(exc),
+                           traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+            self.core.close(session, "I/O error")
+            return
+        if end < len(blocks):
+            run.stream = (response, end)
+            self.outbox.write(session, b"".join(parts))
+            self.loop.call_soon(lambda: self.stream(session, run))
+            return
+        run.stream = None
+        if completion and not response.events_before_completion:
+            parts.append(completion)
+            completion = b""
+        self.outbox.settle_for(session)
+        session.current = None
+        self.outbox.reply(session, parts, completion, response.close)
+        if run.audit:
+            self.audit.executed(session, run, response)
+        if response.close:
+            self.core.close_after_flush(session, session.close_reason or "logoff")
+        else:
+            self.core.resume_soon(session)
 
     def deny(self, session: Session, name: str, action_id: str, rule: Optional[str] = None,
              response: Optional[Response] = None) -> None:

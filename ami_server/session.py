@@ -44,7 +44,7 @@ class Link:
 class ActionRun:
     """The action a session is running; replies for a stale run are discarded."""
 
-    __slots__ = ("name", "action_id", "started", "deferred", "timer", "wait_reply", "entry", "audit")
+    __slots__ = ("name", "action_id", "started", "deferred", "timer", "wait_reply", "entry", "audit", "stream")
 
     def __init__(self, name: str, action_id: str, started: float, entry: Optional["RegisteredAction"], audit: bool) -> None:
         self.name = name
@@ -56,6 +56,8 @@ class ActionRun:
         self.timer: Optional[TimerHandle] = None
         #: For WaitEvent: the reply to write when the wait ends.
         self.wait_reply: Optional[Response] = None
+        #: A long list reply being written a slice per loop turn (see Dispatcher.finish).
+        self.stream: Any = None
 
 
 class Session:

@@ -226,6 +226,12 @@ class MemoryPeer:
 
     def read(self, limit: Optional[int] = None) -> bytes:
         """Take what the server wrote (at most ``limit`` bytes, as a slow reader would); the loop runs until idle."""
+        data = self.take(limit)
+        self.harness.run()
+        return data
+
+    def take(self, limit: Optional[int] = None) -> bytes:
+        """Take what the server wrote, inside the current turn (no loop turn follows)."""
         out = self.session.out
         count = len(out) if limit is None else min(limit, len(out))
         data = bytes(out[:count])
@@ -233,7 +239,6 @@ class MemoryPeer:
         session = self.session
         if not self.closed and (session.close_after_flush or session.output_paused):
             self.harness.core.output_sent(session)
-        self.harness.run()
         return data
 
     def blocks(self) -> List["Reply"]:

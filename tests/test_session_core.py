@@ -290,3 +290,71 @@ def test_end_of_input_answers_complete_requests_then_closes_p_1_17():
         assert b"ActionID: 1" in peer.read()
         assert peer.closed
         assert harness.log.records("SessionClosed")[-1]["reason"] == "peer closed"
+
+
+class BigList:
+    """An action answering a list of ``Count`` items (a CoreShowChannels on a busy PBX)."""
+
+    @hookimpl
+    def register_actions(self, server):
+        from ami_server import Block
+
+        def big(ctx):
+            count = int(ctx.request.get("Count") or "0")
+            items = [Block("Item", (("N", str(n)), ("Pad", "x" * 100))) for n in range(count)]
+            return Response.list(items, "BigComplete")
+
+        return [Action("Big", big, "A long list.", ())]
+
+
+def test_a_long_list_is_sent_a_slice_per_turn_while_others_are_served_r_2_6():
+    """Hardening: a 50,000-item list does not hold the loop; another session's Ping is answered
+    between slices, the list arrives whole and in order, and events wait behind its completion."""
+    from ami_server.dispatch import LIST_SLICE
+
+    count = 50_000
+    with MemoryServer(config(), extra_plugins=[("big", BigList())]) as harness:
+        lister = logged_in(harness, b"Action: Login\r\nUsername: admin\r\nSecret: adminpass\r\nEvents: user\r\n\r\n")
+        lister.read()
+        other = logged_in(harness)
+        lister.feed(b"Action: Big\r\nActionID: big\r\nCount: %d\r\n\r\nAction: Ping\r\nActionID: next\r\n\r\n" % count)
+        harness.flush()
+        received = lister.take()
+        assert received.startswith(b"Response: Success\r\nActionID: big\r\n") and b"Event: Item" not in received
+        other.feed(b"Action: UserEvent\r\nUserEvent: During\r\n\r\nAction: Ping\r\nActionID: o\r\n\r\n")
+        harness.turn()
+        assert b"ActionID: o\r\n" in other.take(), "another session waited for the whole list"
+        received += lister.take()
+        turns = 1
+        while b"ActionID: next" not in received:
+            harness.turn()
+            slice_ = lister.take()
+            assert len(slice_) <= (LIST_SLICE + 1) * 150  # one slice a turn at most (items of 145 to 150 bytes)
+            received += slice_
+            turns += 1
+            assert turns < 1000
+        assert turns >= count // LIST_SLICE
+        blocks = parse_blocks(received)
+        assert blocks[0].lines == [("Response", "Success"), ("ActionID", "big"), ("EventList", "start"),
+                                   ("Message", "Results will follow")]
+        assert [b["N"] for b in blocks[1:count + 1]] == [str(n) for n in range(count)]
+        assert blocks[count + 1].lines == [("Event", "BigComplete"), ("ActionID", "big"), ("EventList", "Complete"),
+                                           ("ListItems", str(count))]
+        assert blocks[count + 2]["UserEvent"] == "During"  # held while the list ran (R-2.10)
+        assert blocks[count + 3]["ActionID"] == "next"  # the next request waited (R-2.9)
+
+
+def test_a_long_list_to_a_reader_that_stalls_stays_near_the_output_limit_q_7_7():
+    limit = 65536
+    with MemoryServer(config(output_queue_limit=limit), extra_plugins=[("big", BigList())]) as harness:
+        lister = logged_in(harness)
+        lister.send(b"Action: Big\r\nCount: 5000\r\n\r\n")
+        for _ in range(50):
+            harness.turn()
+        assert limit < lister.unread <= limit + 256 * 150
+        received = b""
+        for _ in range(500):
+            received += lister.read(32768)
+            if b"BigComplete" in received:
+                break
+        assert received.count(b"Event: Item\r\n") == 5000
