@@ -3,7 +3,7 @@
  *
  *   loadgen ping   HOST PORT CONNS INFLIGHT SECONDS USER SECRET
  *   loadgen login  HOST PORT PARALLEL SECONDS USER SECRET
- *   loadgen fanout HOST PORT SUBSCRIBERS INFLIGHT EVENTS USER SECRET TIMEOUT
+ *   loadgen fanout HOST PORT SUBSCRIBERS INFLIGHT EVENTS USER SECRET TIMEOUT [FILTER]
  *
  * ping:   every connection keeps INFLIGHT Pings outstanding; each response's
  *         ActionID must be the next one sent on that connection.
@@ -323,13 +323,22 @@ static int run_login(int parallel, double seconds, const char *user, const char 
 
 /* ---------------------------------------------------------------- fanout */
 
-static int run_fanout(int subscribers, int inflight, long total, const char *user, const char *secret, double timeout) {
+static int run_fanout(int subscribers, int inflight, long total, const char *user, const char *secret, double timeout,
+                      const char *filter) {
     int ep = epoll_create1(0);
     int *fds = calloc((size_t)subscribers + 1, sizeof(int));
     long *got = calloc((size_t)subscribers, sizeof(long));
     int *matched = calloc((size_t)subscribers, sizeof(int));
     for (int i = 0; i < subscribers; i++) {
         fds[i] = login_session(user, secret, "user");
+        if (filter) {
+            /* One include filter per subscriber (B-5.13): every event is searched with it. */
+            char buf[8192], req[1024];
+            int n = snprintf(req, sizeof req, "Action: Filter\r\nOperation: Add\r\nFilter: %s\r\n\r\n", filter);
+            write_all(fds[i], req, (size_t)n);
+            read_until(fds[i], buf, sizeof buf, "\r\n\r\n");
+            if (!strstr(buf, "Response: Success")) { fprintf(stderr, "loadgen: filter refused: %s\n", buf); exit(2); }
+        }
         set_nonblocking(fds[i]);
         struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
         epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &ev);
@@ -433,8 +442,9 @@ int main(int argc, char **argv) {
         return run_ping(atoi(argv[4]), atoi(argv[5]), atof(argv[6]), argv[7], argv[8]);
     if (!strcmp(argv[1], "login") && argc == 8)
         return run_login(atoi(argv[4]), atof(argv[5]), argv[6], argv[7]);
-    if (!strcmp(argv[1], "fanout") && argc == 10)
-        return run_fanout(atoi(argv[4]), atoi(argv[5]), atol(argv[6]), argv[7], argv[8], atof(argv[9]));
+    if (!strcmp(argv[1], "fanout") && (argc == 10 || argc == 11))
+        return run_fanout(atoi(argv[4]), atoi(argv[5]), atol(argv[6]), argv[7], argv[8], atof(argv[9]),
+                          argc == 11 ? argv[10] : NULL);
     fprintf(stderr, "loadgen: bad arguments\n");
     return 2;
 }

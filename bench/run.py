@@ -87,6 +87,21 @@ def fanout(args, loadgen, servers, rows):
                         extra=f"{events} events each, lost {lost}"))
 
 
+def filtered(args, loadgen, servers, rows):
+    """Fan-out to 100 subscribers that each hold one include filter (a regex searched in every
+    event, B-5.13); ami-server only, since the minimal server has no filters."""
+    subscribers, events = 100, max(1000, min(100_000, args.deliveries // 100))
+    runs = [_checked(run_loadgen(loadgen, servers["ami-server"], "fanout", subscribers, 32, events, USER, SECRET,
+                                 120, "UserEvent: ben[c]h"))
+            for _ in range(args.rounds)]
+    rows.append({
+        "scenario": "fanout N=100, 1 filter each", "unit": "events/s delivered",
+        "ami-server": median([r["rate"] for r in runs]), "minimal": float("nan"), "ratio": float("nan"),
+        "note": f"{events} events each, lost {max(r['lost'] for r in runs)}; server CPU "
+                f"{median([r['server_cpu'] for r in runs]):.0%}, generator CPU {median([r['gen_cpu'] for r in runs]):.0%}",
+    })
+
+
 def idle(args, loadgen, servers, rows):
     count = args.idle_sessions
     figures = {}
@@ -195,7 +210,10 @@ def row(name: str, unit: str, rate: Dict[str, float], results: Dict[str, List[Di
             "ratio": rate["ami-server"] / rate["minimal"] if rate["minimal"] else float("nan"), "note": note}
 
 
-SCENARIOS = {"ping": ping, "login": login_churn, "fanout": fanout, "idle": idle, "slow": slow, "startup": startup}
+SCENARIOS = {
+    "ping": ping, "login": login_churn, "fanout": fanout, "filtered": filtered, "idle": idle, "slow": slow,
+    "startup": startup,
+}
 
 
 def main() -> int:
