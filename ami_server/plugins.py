@@ -394,7 +394,7 @@ def _actions_of(
         results = caller(server=handle)
         result = results[0] if results else None
     except Exception as exc:  # noqa: BLE001
-        raise PluginLoadError(f"register_actions raised {exc!r}") from exc
+        raise PluginLoadError(f"register_actions raised {type(exc).__name__}: {exc}") from exc
     if result is None:
         return [], []
     if isinstance(result, (Action, CliCommand)):

@@ -1,8 +1,10 @@
 """The ami-server plugin: AMI actions, CLI commands and events of the simulated PBX.
 
-Only ``from ami_server import ...`` is used. The simulator is built on the
-first action from ``ctx.config`` (``register_actions`` does not receive the
-plugin's table), and rebuilt on the next action after a reload changed it.
+Only ``from ami_server import ...`` is used. The simulator is built at
+start-up from the plugin's table (``server.plugin_config``), so a bad table
+stops start-up and ``--check-config`` naming the key, and configured traffic
+with ``autostart`` begins with the server. A reload that changes the table
+takes effect on the next simulator action.
 """
 
 from __future__ import annotations
@@ -21,27 +23,36 @@ from .core import Simulator
 from .traffic import TrafficGenerator
 
 _TRUE = {"yes", "true", "y", "t", "1", "on"}
+#: How long a synchronous Originate's reply may take (its Timeout header is in milliseconds).
+ORIGINATE_REPLY_SECONDS = 3600.0
 
 
 class PBX:
-    """One server's simulator, created from the plugin's table when first needed."""
+    """One server's simulator, built from the plugin's table at start-up and on a changed table."""
 
     def __init__(self, server: ServerHandle) -> None:
         self.server = server
         self.sim: Optional[Simulator] = None
         self.traffic: Optional[TrafficGenerator] = None
         self._table: Any = None
+        self._use(server.plugin_config)
 
     def _emit(self, name: str, classes: str, headers: Any) -> None:
         self.server.publish(Event(name, classes, headers))
 
     def get(self, ctx: ActionContext) -> Simulator:
-        table = ctx.config
-        if self.sim is None or table is not self._table:
+        if ctx.config is not self._table:
             try:
-                config = parse_config(table)
+                self._use(ctx.config)
             except ConfigError as exc:
                 raise ActionError(f"pbxsim configuration: {exc}") from None
+        assert self.sim is not None
+        return self.sim
+
+    def _use(self, table: Any) -> None:
+        """Build or reconfigure the simulator from ``table``; ConfigError names the key."""
+        if table is not self._table:
+            config = parse_config(table)
             if self.sim is None:
                 self.sim = Simulator(config, self._emit, self.server.call_later, time.monotonic, time.time)
             else:
@@ -52,7 +63,6 @@ class PBX:
             self.traffic = TrafficGenerator(self.sim, config.traffic) if config.traffic else None
             if self.traffic is not None and config.traffic is not None and config.traffic.autostart:
                 self.traffic.start()
-        return self.sim
 
 
 def _channel_or_error(sim: Simulator, name: Optional[str], message: str = "No such channel") -> Channel:
@@ -290,7 +300,9 @@ def register_actions(server: ServerHandle) -> List[Any]:
         return cli.core_show_channels(pbx.get(ctx), args)
 
     return [
-        Action("Originate", originate, "Originate a call.", "originate"),
+        # A synchronous Originate answers when the call is answered or fails (Timeout, 30 s by
+        # default): longer than [server] action_timeout may allow.
+        Action("Originate", originate, "Originate a call.", "originate", timeout=ORIGINATE_REPLY_SECONDS),
         Action("Hangup", hangup, "Hangup channel.", ("system", "call")),
         Action("Status", status, "List channel status.", ("system", "call", "reporting"), read_only=True),
         Action("CoreShowChannels", core_show_channels, "List currently active channels.",

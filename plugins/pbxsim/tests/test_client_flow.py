@@ -147,3 +147,19 @@ def test_permissions():
             assert limited.action("Originate", {"Channel": "Local/100@default", "Application": "Wait"})[
                 "Message"] == "Permission denied"
             assert limited.action("CoreShowChannels")["Message"] == "Permission denied"
+
+
+def test_a_bad_table_stops_start_up_naming_the_plugin_and_key():
+    """The table is validated in register_actions: the server does not start with a broken dialplan."""
+    import pytest
+
+    from ami_server.server import Server, ServerError
+    from ami_server.audit import MemorySink
+
+    bad = make_config({"plugins": {"pbxsim": {"extensions": {"100@default": ["Wiat(3)"]}}}})
+    server = Server(bad, log_sink=MemorySink())
+    try:
+        with pytest.raises(ServerError, match=r"plugin 'pbxsim'.*extensions.*unknown application 'Wiat'"):
+            server.load()
+    finally:
+        server.loop.close()
