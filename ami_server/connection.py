@@ -40,6 +40,32 @@ ACCEPT_RETRY_FIRST = 0.1
 ACCEPT_RETRY_MAX = 1.0
 
 
+def _watch(loop: "Loop", sock: Any, current: int, events: int, callback: Callable[[int], None]) -> int:
+    """Register, modify or unregister ``sock`` so the selector waits for ``events``; the new interest."""
+    if events != current:
+        if not events:
+            loop.unregister(sock)
+        elif current:
+            loop.modify(sock, events, callback)
+        else:
+            loop.register(sock, events, callback)
+    return events
+
+
+def _handshake_step(sock: Any) -> int:
+    """Advance a non-blocking TLS handshake: 0 when done, else the readiness it waits for.
+
+    A failure raises (``OSError`` or ``ValueError``).
+    """
+    try:
+        sock.do_handshake()
+    except ssl.SSLWantReadError:
+        return _READ
+    except ssl.SSLWantWriteError:
+        return _WRITE
+    return 0
+
+
 class ListenError(Exception):
     """A listener could not be opened; the message names the address and the config key."""
 
@@ -180,18 +206,15 @@ class Connection(Link):
     def _handshake(self) -> None:
         """Advance a non-blocking TLS handshake; never waits on the loop."""
         try:
-            self.sock.do_handshake()  # type: ignore[attr-defined]
-        except ssl.SSLWantReadError:
-            self._interest(_READ)
-            return
-        except ssl.SSLWantWriteError:
-            self._interest(_WRITE)
-            return
+            waiting = _handshake_step(self.sock)
         except (OSError, ValueError) as exc:
             reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
             core = self.core
             core.audit.record("TLSHandshakeFailed", core.audit.who(self.session), error=str(reason))
             core.close(self.session, "TLS handshake failed")
+            return
+        if waiting:
+            self._interest(waiting)
             return
         self.handshaking = False
         self._interest(_READ)
@@ -199,15 +222,7 @@ class Connection(Link):
 
     def _interest(self, events: int) -> None:
         """Tell the selector which readiness events this connection waits for (0: none)."""
-        if events == self.events:
-            return
-        if not events:
-            self.loop.unregister(self.sock)
-        elif self.events:
-            self.loop.modify(self.sock, events, self._on_ready)
-        else:
-            self.loop.register(self.sock, events, self._on_ready)
-        self.events = events
+        self.events = _watch(self.loop, self.sock, self.events, events, self._on_ready)
 
     def _on_ready(self, mask: int) -> None:
         session = self.session
@@ -372,15 +387,8 @@ class Outbound:
 
     # -- internals --------------------------------------------------------
     def _interest(self, events: int) -> None:
-        if events == self._events or self._sock is None:
-            return
-        if not events:
-            self.loop.unregister(self._sock)
-        elif self._events:
-            self.loop.modify(self._sock, events, self._on_ready)
-        else:
-            self.loop.register(self._sock, events, self._on_ready)
-        self._events = events
+        if self._sock is not None:
+            self._events = _watch(self.loop, self._sock, self._events, events, self._on_ready)
 
     def _on_ready(self, mask: int) -> None:
         if self.closed:
@@ -411,15 +419,12 @@ class Outbound:
     def _handshake(self) -> None:
         assert self._sock is not None
         try:
-            self._sock.do_handshake()  # type: ignore[attr-defined]
-        except ssl.SSLWantReadError:
-            self._interest(_READ)
-            return
-        except ssl.SSLWantWriteError:
-            self._interest(_WRITE)
-            return
+            waiting = _handshake_step(self._sock)
         except (OSError, ValueError) as exc:
             self._fail(f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}")
+            return
+        if waiting:
+            self._interest(waiting)
             return
         self._handshaking = False
         self._connected()

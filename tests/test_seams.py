@@ -238,3 +238,33 @@ def test_an_action_timeout_replaces_the_server_setting_and_plugin_config_is_read
         assert peer.read() == b""
         memory.advance(0.2)
         assert peer.read() == b"Response: Error\r\nActionID: s\r\nMessage: Action timed out\r\n\r\n"
+
+
+def test_an_outbound_connection_over_tls_verifies_and_logs_in(tmp_path):
+    """The outbound seam's TLS: the handshake runs on the loop, the server's certificate is verified."""
+    from tlsutil import client_context, make_certificate
+
+    cert, key = make_certificate(tmp_path)
+    keeper = Keeper()
+    tls = {"host": "127.0.0.1", "port": 0, "certificate": str(cert), "key": str(key)}
+    upstream_config = make_config({"users": USERS, "server": {"tls": tls}})
+    with running_server(upstream_config) as upstream, \
+            running_server(make_config({"users": USERS}), extra_plugins=[("keeper", keeper)]):
+        protocol = Recording()
+        port = upstream.server.tls_address[1]
+        context = client_context(cert)
+        keeper.server.call_soon_threadsafe(lambda: keeper.server.connect(
+            "127.0.0.1", port, protocol, tls=context, server_hostname="localhost", timeout=5))
+        assert protocol.done.wait(5)
+        assert protocol.events == ["made", "closing", ("lost", None)]
+        # A client that does not trust the certificate fails the handshake and is told why.
+        distrusting = Recording()
+        import ssl
+
+        strict = ssl.create_default_context()
+        keeper.server.call_soon_threadsafe(lambda: keeper.server.connect(
+            "127.0.0.1", port, distrusting, tls=strict, server_hostname="localhost", timeout=5))
+        assert distrusting.done.wait(5)
+    assert protocol.data.endswith(b"Response: Goodbye\r\nMessage: Thanks for all the fish.\r\n\r\n")
+    (lost,) = distrusting.events
+    assert lost[0] == "lost" and lost[1].startswith("TLS handshake failed") and "CERTIFICATE_VERIFY_FAILED" in lost[1]
