@@ -13,6 +13,7 @@ import random
 import selectors
 import socket
 import ssl
+import threading
 from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
 
 from .records import TimerHandle
@@ -20,6 +21,7 @@ from .security import format_address
 from .session import Link, Session
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .config import Config
     from .core import SessionCore
     from .loop import Loop
 
@@ -87,6 +89,29 @@ def listen(host: str, port: int, key: str, source: str) -> socket.socket:
         raise ListenError(f"cannot listen on {host}:{port} ({key}): {exc.strerror or exc}") from None
     sock.setblocking(False)
     return sock
+
+
+def server_tls_context(config: "Config") -> ssl.SSLContext:
+    """The TLS listener's context from ``[server.tls]``; a missing, unreadable or mismatched file is a ListenError."""
+    tls = config.server.tls
+    assert tls is not None
+    source = config.source
+    for key, path in (("certificate", tls.certificate), ("key", tls.key)):
+        try:
+            with open(path, "rb") as stream:
+                stream.read(1)
+        except OSError as exc:
+            raise ListenError(f"{source}: server.tls.{key}: cannot read {path!r}: {exc.strerror or exc}") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(tls.certificate, tls.key)
+    except ssl.SSLError as exc:
+        raise ListenError(
+            f"{source}: server.tls: cannot use certificate {tls.certificate!r} with key {tls.key!r}: "
+            f"{exc.reason or exc}"
+        ) from None
+    return context
 
 
 class Listener:
@@ -342,30 +367,43 @@ class Outbound:
         self._handshaking = False
         self._sock: Optional[socket.socket] = None
         self._timer: Optional[TimerHandle] = loop.call_later(timeout, lambda: self._fail("connect timed out"))
+        self._tls = tls
+        self._server_hostname = server_hostname or host
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
         except socket.gaierror:
-            # A name, not an address: resolved once, here. Names in config should be addresses
-            # where start-up must never wait on a resolver.
-            try:
-                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except socket.gaierror as exc:
-                loop.call_soon(lambda: self._fail(f"cannot resolve {host!r}: {exc}"))
-                return
-        family, _, _, _, sockaddr = infos[0]
+            # A name: resolving may block, so it runs in a thread and the connect follows on the loop.
+            threading.Thread(target=self._resolve, name="ami-resolve", daemon=True).start()
+            return
+        self._connect(infos[0][0], infos[0][4])
+
+    def _resolve(self) -> None:
+        try:
+            info = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0]
+        except (socket.gaierror, UnicodeError) as exc:
+            error = f"cannot resolve {self.host!r}: {exc}"
+            then: Callable[[], None] = lambda: self._fail(error)  # noqa: E731
+        else:
+            then = lambda: self._connect(info[0], info[4])  # noqa: E731
+        try:
+            self.loop.call_soon_threadsafe(then)
+        except OSError:
+            pass  # the loop closed meanwhile: nobody waits for this connection
+
+    def _connect(self, family: int, sockaddr: Any) -> None:
+        if self.closed:
+            return
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
         self._sock = sock
         err = sock.connect_ex(sockaddr)
         if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
-            loop.call_soon(lambda: self._fail(f"connect: {errno.errorcode.get(err, err)}"))
+            self.loop.call_soon(lambda: self._fail(f"connect: {errno.errorcode.get(err, err)}"))
             return
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        self._tls = tls
-        self._server_hostname = server_hostname or host
         self._interest(_WRITE)
 
     @property

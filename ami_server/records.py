@@ -28,7 +28,7 @@ from .privileges import ClassListError, mask_of
 from .protocol import ascii_lower
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .protocol import Message
+    from .context import ActionContext
 
 __all__ = [
     "Action",

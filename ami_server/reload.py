@@ -10,13 +10,12 @@ users that changed.
 
 from __future__ import annotations
 
-import ssl
 from dataclasses import replace
 import time
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from .config import Config, ConfigError, check_sample_secrets, load_config
-from .connection import ListenError, listen
+from .connection import ListenError, listen, server_tls_context
 from .login import AuthChainError, build_chain
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,12 +34,9 @@ def reload(server: "Server", new: Optional[Config] = None) -> Tuple[bool, str]:
             new = load_config(old.source)
         check_sample_secrets(new)
         chain = build_chain(server.manager, new.auth_backends, new.source)
-        tls_context = server.tls_context_of(new) if new.server.tls is not None else None
+        tls_context = server_tls_context(new) if new.server.tls is not None else None
         listeners = _rebind(old, new)
-    except (ConfigError, AuthChainError, ListenError, ssl.SSLError) as exc:
-        server.log.error("ReloadFailed", error=str(exc))
-        return False, f"Reload failed: {exc}"
-    except Exception as exc:  # noqa: BLE001 - ServerError from the TLS context
+    except (ConfigError, AuthChainError, ListenError) as exc:
         server.log.error("ReloadFailed", error=str(exc))
         return False, f"Reload failed: {exc}"
     restart_required = [

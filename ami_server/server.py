@@ -20,7 +20,7 @@ import pluggy
 
 from .audit import LogSink, Redactor, StreamSink, default_format, make_audit_logger, make_logger
 from .config import Config
-from .connection import Listener, ListenError, Outbound, StreamProtocol, listen
+from .connection import Listener, ListenError, Outbound, StreamProtocol, listen, server_tls_context
 from .context import ServerHandle, SessionControl
 from .control import ControlBackend, ServerControl
 from .core import SessionCore
@@ -176,26 +176,11 @@ class Server:
             self.tls_context = self.tls_context_of(self.config)
 
     def tls_context_of(self, config: Config) -> ssl.SSLContext:
-        """Load the certificate and key now, so that a bad file stops start-up (and --check-config)."""
-        tls = config.server.tls
-        assert tls is not None
-        source = config.source
-        for key, path in (("certificate", tls.certificate), ("key", tls.key)):
-            try:
-                with open(path, "rb") as stream:
-                    stream.read(1)
-            except OSError as exc:
-                raise ServerError(f"{source}: server.tls.{key}: cannot read {path!r}: {exc.strerror or exc}") from None
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        """The TLS listener's context, loaded now so that a bad file stops start-up (and --check-config)."""
         try:
-            context.load_cert_chain(tls.certificate, tls.key)
-        except ssl.SSLError as exc:
-            raise ServerError(
-                f"{source}: server.tls: cannot use certificate {tls.certificate!r} with key {tls.key!r}: "
-                f"{exc.reason or exc}"
-            ) from None
-        return context
+            return server_tls_context(config)
+        except ListenError as exc:
+            raise ServerError(str(exc)) from None
 
     def start(self) -> Tuple[str, int]:
         """Load plugins, bind and listen; returns the bound address of the plain listener."""

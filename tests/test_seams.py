@@ -78,6 +78,19 @@ def test_an_outbound_connection_runs_on_the_loop_to_another_server():
     assert protocol.data.endswith(b"Response: Goodbye\r\nMessage: Thanks for all the fish.\r\n\r\n")
 
 
+def test_an_outbound_connection_to_a_host_name_resolves_off_the_loop():
+    keeper = Keeper()
+    config = make_config({"users": USERS})
+    with running_server(config) as upstream, running_server(config, extra_plugins=[("keeper", keeper)]):
+        protocol, unknown = Recording(), Recording()
+        keeper.server.call_soon_threadsafe(lambda: keeper.server.connect("localhost", upstream.port, protocol))
+        keeper.server.call_soon_threadsafe(lambda: keeper.server.connect("no-such-host.invalid", 5038, unknown))
+        assert protocol.done.wait(5) and unknown.done.wait(10)
+    assert protocol.events == ["made", "closing", ("lost", None)]
+    (lost,) = unknown.events
+    assert lost[1].startswith("cannot resolve 'no-such-host.invalid'")
+
+
 def test_an_outbound_connect_that_fails_ends_in_connection_lost():
     keeper = Keeper()
     with socket.socket() as unused:
