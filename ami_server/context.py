@@ -143,6 +143,20 @@ class ServerHandle:
         """Run ``callback`` on the loop after ``delay`` seconds; safe from any thread."""
         return self._host.loop.call_later(delay, callback)
 
+    @property
+    def log(self) -> Any:
+        """A structlog logger bound to this plugin, for what happens outside a request."""
+        return self._host.log.bind(plugin=self._plugin)
+
+    def add_secret(self, secret: str) -> None:
+        """Never let ``secret`` (an upstream password, a token) reach any log line."""
+        self._host.redactor.add_secrets([secret])
+
+    def on_stop(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` on the loop when the server begins to stop (before sessions close),
+        to close outbound connections and flush what the plugin holds."""
+        self._host.add_stop_listener(listener)
+
     def on_reload(self, listener: Callable[["Config", SessionControl], None]) -> None:
         """Call ``listener(config, control)`` on the loop after each successful reload.
 

@@ -76,6 +76,20 @@ class _InertHost:
     def route_unknown(self, action: Any, plugin: str) -> None:
         pass
 
+    def add_stop_listener(self, listener: Any) -> None:
+        pass
+
+    class redactor:  # noqa: N801
+        @staticmethod
+        def add_secrets(secrets: Any) -> None:
+            pass
+
+    @property
+    def log(self) -> Any:
+        import structlog
+
+        return structlog.get_logger("ami-server.plugins")
+
     class dispatcher:  # noqa: N801 - guards are collected and never asked while listing
         guards: list = []
 

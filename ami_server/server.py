@@ -89,6 +89,7 @@ class Server:
         self.started_wall = self.reloaded_wall = time.time()
         self._stopping = False
         self._reload_listeners: List[Callable[[Config, SessionControl], None]] = []
+        self._stop_listeners: List[Callable[[], None]] = []
         settings = self._settings
         self.workers = WorkerPool(config.server.worker_threads, config.server.worker_queue_limit, self._loop_error)
         self.auth_workers = WorkerPool(
@@ -251,6 +252,11 @@ class Server:
         """
         self.core.shutting_down = True
         self._close_listeners()
+        for listener in self._stop_listeners:
+            try:
+                listener()
+            except Exception as exc:  # noqa: BLE001 - reported; the shutdown goes on
+                self._hook_failed("on_stop", getattr(listener, "__qualname__", repr(listener)), exc)
         self.log.info("ServerStopping", sessions=len(self.core.sessions))
         self.publish(Event("Shutdown", "system", (("Shutdown", "Cleanly"), ("Restart", "False"))))
         flush = self.core.outbox.flush
@@ -308,6 +314,9 @@ class Server:
                 f"{self.dispatcher.router.plugin!r} already does"
             )
         self.dispatcher.router = RegisteredAction(action, plugin, self.config.plugins.tables.get(plugin, {}))
+
+    def add_stop_listener(self, listener: Callable[[], None]) -> None:
+        self._stop_listeners.append(listener)
 
     def add_reload_listener(self, listener: Callable[[Config, SessionControl], None]) -> None:
         self._reload_listeners.append(listener)

@@ -281,3 +281,26 @@ def test_an_outbound_connection_over_tls_verifies_and_logs_in(tmp_path):
     assert protocol.data.endswith(b"Response: Goodbye\r\nMessage: Thanks for all the fish.\r\n\r\n")
     (lost,) = distrusting.events
     assert lost[0] == "lost" and lost[1].startswith("TLS handshake failed") and "CERTIFICATE_VERIFY_FAILED" in lost[1]
+
+
+class Lifecycle:
+    """Logs outside a request, declares its own secret, and is told when the server stops."""
+
+    def __init__(self):
+        self.stopped = []
+
+    @hookimpl
+    def register_actions(self, server):
+        server.add_secret("tok-9f8e7d6c5b")
+        server.log.info("UpstreamConfigured", detail="password tok-9f8e7d6c5b for the upstream")
+        server.on_stop(lambda: self.stopped.append(server.status().shutting_down))
+
+
+def test_plugins_log_outside_requests_hide_their_secrets_and_hear_the_stop():
+    plugin = Lifecycle()
+    with running_server(make_config({"users": USERS}), extra_plugins=[("lifecycle", plugin)]) as srv:
+        pass
+    assert plugin.stopped == [True]
+    (record,) = srv.log.records("UpstreamConfigured")
+    assert record["plugin"] == "lifecycle"
+    assert "tok-9f8e7d6c5b" not in srv.log.text()
