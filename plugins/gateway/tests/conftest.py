@@ -25,9 +25,9 @@ USERS: Dict[str, Any] = {
     "admin": {"secret": "adminpass", "read": "all", "write": "all"},
     "reader": {"secret": "readerpass", "read": "system,call,user", "write": []},
     "dashboard": {
-        "secret": "dashpass", "read": "call", "write": [],
+        "secret": "dashpass", "read": "call", "write": "reporting",
         "attributes": {"gateway": {"events": ["Newchannel", "Hangup", "Newstate", "Dial*"],
-                                   "actions": ["Ping", "Status", "CoreShowChannels"]}},
+                                   "actions": ["Ping", "Status", "CoreShowChannels", "ListCommands"]}},
     },
     "ops": {
         "secret": "opspass", "read": "all", "write": "all",
