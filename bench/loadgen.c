@@ -149,6 +149,9 @@ static void queue_ping(conn_t *c, int index, int inflight) {
     out_append(c, req, (size_t)n);
 }
 
+/* fanout: the port the publisher logs in to, when not the subscribers' server (0: the same). */
+static int publisher_port = 0;
+
 static int run_ping(int conns, int inflight, double seconds, const char *user, const char *secret) {
     conn_t *cs = calloc((size_t)conns, sizeof *cs);
     int ep = epoll_create1(0);
@@ -335,7 +338,10 @@ static int run_fanout(int subscribers, int inflight, long total, const char *use
         epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &ev);
     }
     conn_t pub = {0};
+    struct sockaddr_in subscribers_addr = server_addr;
+    if (publisher_port) server_addr.sin_port = htons((uint16_t)publisher_port);  /* publish on another server */
     pub.fd = login_session(user, secret, "off");
+    server_addr = subscribers_addr;
     set_nonblocking(pub.fd);
     pub.incap = 65536;
     pub.in = malloc(pub.incap);
@@ -433,8 +439,10 @@ int main(int argc, char **argv) {
         return run_ping(atoi(argv[4]), atoi(argv[5]), atof(argv[6]), argv[7], argv[8]);
     if (!strcmp(argv[1], "login") && argc == 8)
         return run_login(atoi(argv[4]), atof(argv[5]), argv[6], argv[7]);
-    if (!strcmp(argv[1], "fanout") && argc == 10)
+    if (!strcmp(argv[1], "fanout") && (argc == 10 || argc == 11)) {
+        if (argc == 11) publisher_port = atoi(argv[10]);  /* e.g. the upstream behind a gateway */
         return run_fanout(atoi(argv[4]), atoi(argv[5]), atol(argv[6]), argv[7], argv[8], atof(argv[9]));
+    }
     fprintf(stderr, "loadgen: bad arguments\n");
     return 2;
 }
