@@ -63,6 +63,7 @@ class Link(StreamProtocol):
         self.waiting: Optional[Request] = None
         self.login_failed = False
         self.idle_timer: Optional[TimerHandle] = None
+        self._flush_scheduled = False
 
     def open(self) -> None:
         config = self.upstream.config
@@ -87,6 +88,16 @@ class Link(StreamProtocol):
         if self.idle_timer is not None:
             self.idle_timer.cancel()
         self.upstream.lost(self, error)
+
+    def flush_soon(self) -> None:
+        """Send at the end of this loop turn: requests of many clients read in one turn share one write."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.upstream.gateway.server.call_later(0, self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self.flush()
 
     def flush(self) -> None:
         out = self.session.outgoing
@@ -312,7 +323,7 @@ class Upstream:
                 link.idle_timer.cancel()
                 link.idle_timer = None
         request.gw_id = link.session.submit(request.lines, request.client_action_id, request, request.drop)
-        link.flush()
+        link.flush_soon()
         self.stats["Forwarded"] += 1
         self._track(request, self.config.blocking_timeout if link is not self.main else self.config.action_timeout)
 
