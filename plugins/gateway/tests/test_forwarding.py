@@ -8,7 +8,7 @@ from typing import List
 
 import pytest
 from asterisk_double import AsteriskDouble, Recording
-from conftest import gateway_of, wait_until
+from gateway_helpers import gateway_of, wait_until, double, gateway  # noqa: F401 - fixtures
 
 from ami_server.testing import AMIClient
 

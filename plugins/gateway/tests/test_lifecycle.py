@@ -6,7 +6,7 @@ import time
 
 import pytest
 from asterisk_double import AsteriskDouble, Recording
-from conftest import gateway_config, gateway_of, upstream_table, wait_until
+from gateway_helpers import gateway_config, gateway_of, upstream_table, wait_until, double, gateway  # noqa: F401 - fixtures
 
 from ami_server.testing import running_server
 

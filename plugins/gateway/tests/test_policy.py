@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import wait_until
+from gateway_helpers import wait_until, double, gateway  # noqa: F401 - fixtures
 
 
 def sent_actions(double):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from asterisk_double import Recording
-from conftest import gateway_config, gateway_of, upstream_table, wait_until
+from gateway_helpers import gateway_config, gateway_of, upstream_table, wait_until, double, gateway  # noqa: F401 - fixtures
 
 from ami_server.testing import AMIClient, running_server
 

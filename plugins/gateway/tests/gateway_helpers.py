@@ -1,19 +1,18 @@
-"""Fixtures: an Asterisk double with recorded replies, and gateway servers in front of it."""
+"""Helpers and fixtures of the gateway tests: users, config builders, waits, the double, a gateway.
+
+Test modules import the fixtures they use from here (a conftest.py would
+clash with the root test suite's ``conftest`` module).
+"""
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional
 
 import pytest
+from asterisk_double import AsteriskDouble, Recording, listcommands_handler
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from asterisk_double import AsteriskDouble, Recording, listcommands_handler  # noqa: E402
-
-from ami_server.testing import ServerThread, make_config, running_server  # noqa: E402
+from ami_server.testing import ServerThread, make_config, running_server
 
 RECORDINGS = ("coreshowchannels", "status_action", "command_outputs", "list_actions_misc",
               "originate_async_local_lifecycle")
