@@ -177,3 +177,35 @@ def test_token_bucket() -> None:
     now[0] += 0.5
     assert limiter.take("u", 2.0, 3.0) and not limiter.take("u", 2.0, 3.0)
     assert limiter.take("other", 2.0, 3.0)
+
+
+def test_reply_for_a_client_that_left_is_dropped_not_delivered() -> None:
+    """Upstream bookkeeping without sockets: a departed client's reply completes nothing."""
+    from ami_server import Deferred, Response
+    from ami_server_gateway.config import parse_gateway_config
+    from ami_server_gateway.upstream import Request, Upstream
+
+    class Timer:
+        def cancel(self) -> None:
+            pass
+
+    class Server:
+        def call_later(self, delay, callback):
+            return Timer()
+
+    class FakeGateway:
+        instance = "t"
+        server = Server()
+
+    config = parse_gateway_config({"upstreams": {"p": {"host": "h", "username": "u", "secret": "s"}}})
+    upstream = Upstream(config.upstreams["p"], FakeGateway())
+    kept, left = Deferred(), Deferred()
+    mine = Request(kept, "a", "session-1", ["Action: Status"], False)
+    theirs = Request(left, "b", "session-2", ["Action: Status"], False)
+    for request in (mine, theirs):
+        upstream._track(request, 10)
+    upstream.client_closed("session-2")
+    upstream.answer(theirs, Response.success("late"))
+    upstream.answer(mine, Response.success("ok"))
+    assert kept.done and not left.done
+    assert upstream.stats["Discarded"] == 1 and not upstream.requests

@@ -112,7 +112,6 @@ def test_secrets_never_reach_the_log(double, monkeypatch, tmp_path) -> None:
     key = hashlib.md5(b"123456789gw-secret").hexdigest()
     assert "UpstreamConnected" in text
     assert "gw-secret" not in text and key not in text
-    assert repr(gateway_of.__doc__)  # keep flake quiet
     from ami_server_gateway.config import parse_gateway_config
     parsed = parse_gateway_config({"upstreams": {"p": table}})
     assert "gw-secret" not in repr(parsed)
