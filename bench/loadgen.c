@@ -3,7 +3,7 @@
  *
  *   loadgen ping   HOST PORT CONNS INFLIGHT SECONDS USER SECRET
  *   loadgen login  HOST PORT PARALLEL SECONDS USER SECRET
- *   loadgen fanout HOST PORT SUBSCRIBERS INFLIGHT EVENTS USER SECRET TIMEOUT [FILTER]
+ *   loadgen fanout HOST PORT SUBSCRIBERS INFLIGHT EVENTS USER SECRET TIMEOUT [PUBLISHER_PORT [FILTER]]
  *
  * ping:   every connection keeps INFLIGHT Pings outstanding; each response's
  *         ActionID must be the next one sent on that connection.
@@ -148,6 +148,9 @@ static void queue_ping(conn_t *c, int index, int inflight) {
     c->sent++;
     out_append(c, req, (size_t)n);
 }
+
+/* fanout: the port the publisher logs in to, when not the subscribers' server (0: the same). */
+static int publisher_port = 0;
 
 static int run_ping(int conns, int inflight, double seconds, const char *user, const char *secret) {
     conn_t *cs = calloc((size_t)conns, sizeof *cs);
@@ -344,7 +347,10 @@ static int run_fanout(int subscribers, int inflight, long total, const char *use
         epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &ev);
     }
     conn_t pub = {0};
+    struct sockaddr_in subscribers_addr = server_addr;
+    if (publisher_port) server_addr.sin_port = htons((uint16_t)publisher_port);  /* publish on another server */
     pub.fd = login_session(user, secret, "off");
+    server_addr = subscribers_addr;
     set_nonblocking(pub.fd);
     pub.incap = 65536;
     pub.in = malloc(pub.incap);
@@ -442,9 +448,13 @@ int main(int argc, char **argv) {
         return run_ping(atoi(argv[4]), atoi(argv[5]), atof(argv[6]), argv[7], argv[8]);
     if (!strcmp(argv[1], "login") && argc == 8)
         return run_login(atoi(argv[4]), atof(argv[5]), argv[6], argv[7]);
-    if (!strcmp(argv[1], "fanout") && (argc == 10 || argc == 11))
+    if (!strcmp(argv[1], "fanout") && argc >= 10 && argc <= 12) {
+        /* Optional: the publisher's port (the upstream behind a gateway; 0: the same server), then a
+           filter every subscriber adds. */
+        if (argc >= 11 && atoi(argv[10]) > 0) publisher_port = atoi(argv[10]);
         return run_fanout(atoi(argv[4]), atoi(argv[5]), atol(argv[6]), argv[7], argv[8], atof(argv[9]),
-                          argc == 11 ? argv[10] : NULL);
+                          argc == 12 ? argv[11] : NULL);
+    }
     fprintf(stderr, "loadgen: bad arguments\n");
     return 2;
 }

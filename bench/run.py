@@ -92,7 +92,7 @@ def filtered(args, loadgen, servers, rows):
     event, B-5.13); ami-server only, since the minimal server has no filters."""
     subscribers, events = 100, max(1000, min(100_000, args.deliveries // 100))
     runs = [_checked(run_loadgen(loadgen, servers["ami-server"], "fanout", subscribers, 32, events, USER, SECRET,
-                                 120, "UserEvent: ben[c]h"))
+                                 120, 0, "UserEvent: ben[c]h"))
             for _ in range(args.rounds)]
     rows.append({
         "scenario": "fanout N=100, 1 filter each", "unit": "events/s delivered",
