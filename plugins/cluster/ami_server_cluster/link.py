@@ -32,8 +32,8 @@ __all__ = ["RedisLink", "Inbound", "make_client", "stream_id"]
 
 #: How long one XREAD waits for news (ms); also how soon the reader notices a stop.
 BLOCK_MS = 500
-#: Publications per pipeline round trip.
-WRITE_BATCH = 512
+#: Most publications in one stream entry (one XADD, one JSON document).
+WRITE_BATCH = 256
 #: Control messages kept per node's control stream.
 CONTROL_MAXLEN = 1000
 _FAILURES = (redis.ConnectionError, redis.TimeoutError, OSError)
@@ -147,7 +147,8 @@ class RedisLink:
     # -- writer thread --------------------------------------------------------------
     def _write_loop(self) -> None:
         client: Optional[redis.Redis] = None
-        pending: List[Tuple[int, Event]] = []
+        #: The entry being sent: its first sequence number and its events (sent again after a failure).
+        pending: Optional[Tuple[int, List[Event]]] = None
         delay = 0.05
         up = False
         while True:
@@ -176,19 +177,19 @@ class RedisLink:
                     self._report("writer", True, "")
             try:
                 self._run_commands(client)
-                while pending or self.outgoing:
-                    if not pending:
+                while pending is not None or self.outgoing:
+                    if pending is None:
                         outgoing = self.outgoing
-                        for _ in range(min(WRITE_BATCH, len(outgoing))):
-                            self._seq += 1
-                            pending.append((self._seq, outgoing.popleft()))
-                    self._send(client, pending)
-                    self.sent += len(pending)
-                    pending = []
+                        events = [outgoing.popleft() for _ in range(min(WRITE_BATCH, len(outgoing)))]
+                        pending = (self._seq + 1, events)
+                        self._seq += len(events)
+                    self._send(client, *pending)
+                    self.sent += len(pending[1])
+                    pending = None
                     if self._commands:
                         self._run_commands(client)
             except _FAILURES as exc:
-                # Not known whether the last pipeline arrived: it is sent again, receivers drop repeats.
+                # Not known whether the entry arrived: it is sent again, receivers drop repeats.
                 client = None
                 up = False
                 self._report("writer", False, _describe(exc))
@@ -199,17 +200,13 @@ class RedisLink:
             if stopping:
                 return
 
-    def _send(self, client: "redis.Redis", pending: List[Tuple[int, Event]]) -> None:
+    def _send(self, client: "redis.Redis", first: int, events: List[Event]) -> None:
+        """One stream entry for up to WRITE_BATCH events: one command, one JSON document."""
         config = self.config
-        stream = config.events_stream
-        node, incarnation, maxlen = self.node, self.incarnation, config.stream_maxlen
-        pipe = client.pipeline(transaction=False)
-        for seq, event in pending:
-            pipe.xadd(stream, {
-                "n": node, "i": incarnation, "s": seq, "e": event.name, "c": event.classes,
-                "h": json.dumps(event.headers, separators=(",", ":")),
-            }, maxlen=maxlen, approximate=True)
-        pipe.execute()
+        body = json.dumps([(e.name, e.classes, e.headers) for e in events], separators=(",", ":"))
+        client.xadd(config.events_stream, {
+            "n": self.node, "i": self.incarnation, "s": first, "k": len(events), "b": body,
+        }, maxlen=config.stream_maxlen, approximate=True)
 
     def _run_commands(self, client: "redis.Redis") -> None:
         commands = self._commands
@@ -323,23 +320,27 @@ class RedisLink:
             for _, fields in entries:
                 try:
                     publisher = (fields[b"n"].decode(), fields[b"i"].decode())
-                    seq = int(fields[b"s"])
+                    first = int(fields[b"s"])
+                    count = int(fields[b"k"])
                 except (KeyError, ValueError, UnicodeDecodeError):
                     continue
                 if publisher == me:
                     continue  # delivered here when it was published
+                last = first + count - 1
                 previous = seen.get(publisher)
+                skip = 0
                 if previous is not None:
-                    if seq <= previous:
+                    if last <= previous:
                         continue  # a repeat (sent again after a lost reply)
-                    if seq > previous + 1:
-                        lost[publisher[0]] = lost.get(publisher[0], 0) + seq - previous - 1
-                seen[publisher] = seq
+                    if first > previous + 1:
+                        lost[publisher[0]] = lost.get(publisher[0], 0) + first - previous - 1
+                    skip = max(0, previous + 1 - first)
+                seen[publisher] = last
                 try:
-                    headers = tuple((str(k), str(v)) for k, v in json.loads(fields[b"h"]))
-                    events.append(Event(fields[b"e"].decode(), int(fields[b"c"]), headers))
-                except (KeyError, ValueError, TypeError, UnicodeDecodeError):
-                    lost[publisher[0]] = lost.get(publisher[0], 0) + 1
+                    for name, classes, headers in json.loads(fields[b"b"])[skip:]:
+                        events.append(Event(name, classes, tuple((str(k), str(v)) for k, v in headers)))
+                except (KeyError, ValueError, TypeError):
+                    lost[publisher[0]] = lost.get(publisher[0], 0) + count - skip
         if not events and not lost and not control and not reset:
             return None
         return Inbound(tuple(events), tuple(sorted(lost.items())), tuple(control), reset)
