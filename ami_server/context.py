@@ -13,7 +13,9 @@ from __future__ import annotations
 import ssl
 from typing import TYPE_CHECKING, Any, Callable, List, Mapping, Optional, Tuple, Union
 
-from .records import Action, CommandOutput, Deferred, Event, Response, ServerStatus, SessionInfo, TimerHandle
+from .records import (
+    Action, CommandOutput, Deferred, Event, LoginCheck, Response, ServerStatus, SessionInfo, TimerHandle,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Config
@@ -89,6 +91,14 @@ class SessionControl:
         """Reload the configuration file; ``(ok, message)``."""
         return self._backend.reload()
 
+    @property
+    def directory(self) -> Any:
+        """The session directory a plugin installed (sessions of other servers), or ``None``.
+
+        See :meth:`ServerHandle.set_session_directory`.
+        """
+        return self._backend.directory()
+
 
 class ServerHandle:
     """What a plugin may do with the server outside of an action.
@@ -135,6 +145,46 @@ class ServerHandle:
         """The event bus: ``subscribe`` to every event delivered here, ``inject`` events from elsewhere."""
         return self._host.bus
 
+    @property
+    def log(self) -> Any:
+        """A structlog logger bound to this plugin: the server's log, with its redaction (any thread)."""
+        return self._host.log.bind(plugin=self._plugin)
+
+    def add_login_check(self, check: Callable[[LoginCheck, Callable[..., None]], None]) -> None:
+        """Have the last word on every accepted Login, before it takes effect.
+
+        ``check(login, answer)`` is called on the loop after the backends
+        accepted and the local ``allow_multiple_login`` rule passed. It
+        must call ``answer()`` exactly once, from any thread, within
+        ``[auth] timeout`` seconds: ``answer(None)`` lets the login
+        proceed (the next check is asked), ``answer("in_use")`` refuses it
+        as a second login of a single-login user (``SessionLimit``,
+        ``Login Already In Use``), any other text refuses it with
+        ``Authentication failed`` and that text as the ``LoginFailed``
+        reason. No answer in time, or an exception, refuses the login.
+        """
+        self._host.login.login_checks.append(check)
+
+    def set_session_directory(self, directory: Any) -> SessionControl:
+        """Make ``SessionList`` and ``SessionKick`` reach sessions of other servers.
+
+        ``directory.list(local, done)`` is given this server's
+        ``SessionInfo`` list and calls ``done(entries)`` (any thread) with
+        ``(node, SessionInfo)`` pairs for every server, this one included;
+        ``directory.kick(session_id, reason, done)`` calls ``done(True)``
+        once a session elsewhere was closed, ``done(False)`` if none is
+        known. One plugin may install one; a second call raises
+        ``RuntimeError``. Returns a :class:`SessionControl` bound to no
+        session (``sessions``, ``kick``) for answering the other servers.
+        """
+        from .control import ServerControl
+
+        control = self._host.control
+        if control.directory is not None:
+            raise RuntimeError(f"plugin {self._plugin!r} cannot install a session directory: one is installed")
+        control.directory = directory
+        return SessionControl(ServerControl(control))
+
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the event loop soon; safe from any thread."""
         self._host.loop.call_soon_threadsafe(callback)
@@ -142,11 +192,6 @@ class ServerHandle:
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         """Run ``callback`` on the loop after ``delay`` seconds; safe from any thread."""
         return self._host.loop.call_later(delay, callback)
-
-    @property
-    def log(self) -> Any:
-        """A structlog logger bound to this plugin, for what happens outside a request."""
-        return self._host.log.bind(plugin=self._plugin)
 
     def add_secret(self, secret: str) -> None:
         """Never let ``secret`` (an upstream password, a token) reach any log line."""

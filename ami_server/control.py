@@ -44,6 +44,8 @@ class ControlBackend:
         self.dispatcher: "Dispatcher"
         #: Plugins' lists of further actions for ListCommands (ServerHandle.add_action_lister).
         self.listers: List[Callable[[SessionInfo], Any]] = []
+        #: Sessions of other servers for SessionList / SessionKick (ServerHandle.set_session_directory).
+        self.directory: Any = None
 
     def login(self, session: Session, run: ActionRun, request: "Message") -> Any:
         return self._login.login(session, run, request)
@@ -134,3 +136,6 @@ class ServerControl:
 
     def reload(self) -> Tuple[bool, str]:
         return self._control.reload()
+
+    def directory(self) -> Any:
+        return self._control.directory

@@ -142,6 +142,9 @@ class _Run(ActionRun):
     def reload(self) -> Any:
         return self._control("reload").reload()
 
+    def directory(self) -> Any:
+        return self._control("directory").directory
+
 
 class Dispatcher:
     """Runs one request of a session at a time and writes its reply."""

@@ -19,7 +19,7 @@ from .acl import normalize_ip
 from .hooks import plugin_callers
 from .privileges import CLASSES, parse_event_mask
 from .protocol import Message, ascii_lower
-from .records import AuthDecision, AuthRequest, Block, Deferred, Response
+from .records import AuthDecision, AuthRequest, Block, Deferred, LoginCheck, Response
 from .session import AUTHENTICATED, CLOSING, ActionRun, Session
 from .workers import Outcome
 
@@ -41,6 +41,8 @@ _REJECT_EVENTS = {
 }
 #: (backend name, plugin object, caller of its ``authenticate`` alone)
 Chain = List[Tuple[str, Any, Any]]
+#: check(login, answer): call ``answer(None)`` to allow, ``answer("in_use")`` or ``answer(reason)`` to refuse.
+LoginCheckFn = Callable[[LoginCheck, Callable[..., None]], None]
 
 
 class AuthChainError(Exception):
@@ -92,6 +94,8 @@ class LoginPolicy:
         self.chain: Chain = []
         #: Plugins' event-name predicates for a session, asked once per login (ServerHandle.add_event_guard).
         self.event_guards: List[Callable[[Any], Optional[Callable[[str], bool]]]] = []
+        #: Plugins' last word on an accepted login, asked in order (ServerHandle.add_login_check).
+        self.login_checks: List[LoginCheckFn] = []
 
     # -- A-3.13 -----------------------------------------------------------
     def in_use(self, username: str, decision: Optional[AuthDecision] = None) -> bool:
@@ -234,10 +238,66 @@ class LoginPolicy:
             return
         if self.in_use(username, decision):
             # Another session of this user is logged in and the rule forbids a second (A-3.13).
-            self.audit.security(session, "SessionLimit", account=username)
-            self.fail_later(session, run, "Login Already In Use", "login in use", attempt.deferred)
+            self._refuse_in_use(session, run, attempt)
+            return
+        if self.login_checks:
+            check = LoginCheck(session.info(), username, not self._multiple_allowed(decision), backend)
+            self._ask_check(session, run, request, attempt, decision, check, 0)
             return
         attempt.deferred.complete(self._accept(session, request, decision, backend, attempt.request.auth_type))
+
+    def _refuse_in_use(self, session: Session, run: ActionRun, attempt: _Attempt) -> None:
+        self.audit.security(session, "SessionLimit", account=attempt.request.username)
+        self.fail_later(session, run, "Login Already In Use", "login in use", attempt.deferred)
+
+    # -- login checks (ServerHandle.add_login_check) -----------------------------
+    def _ask_check(
+        self, session: Session, run: ActionRun, request: Message, attempt: _Attempt, decision: AuthDecision,
+        check: LoginCheck, index: int,
+    ) -> None:
+        """Ask check ``index``; its answer (any thread, within ``[auth] timeout``) asks the next or decides."""
+        if index == len(self.login_checks):
+            # Time passed while the checks answered: the local rule again, then accept.
+            if self.in_use(check.username, decision):
+                self._refuse_in_use(session, run, attempt)
+                return
+            attempt.deferred.complete(
+                self._accept(session, request, decision, check.backend, attempt.request.auth_type))
+            return
+        answered = [False]
+        timeout = self._config().auth.timeout
+
+        def on_loop(verdict: Optional[str]) -> None:
+            if answered[0]:
+                return
+            answered[0] = True
+            if run.timer is not None:
+                run.timer.cancel()
+                run.timer = None
+            if session.closed or session.current is not run:
+                return
+            if verdict is None:
+                self._ask_check(session, run, request, attempt, decision, check, index + 1)
+            elif verdict == "in_use":
+                self._refuse_in_use(session, run, attempt)
+            else:
+                self.audit.record(
+                    "LoginFailed", self.audit.who(session, check.username), auth_type=attempt.request.auth_type,
+                    reason=str(verdict), backend=check.backend,
+                )
+                self.fail_later(session, run, "Authentication failed", "login failed", attempt.deferred)
+
+        def answer(verdict: Optional[str] = None) -> None:
+            if self.loop.in_loop_thread():
+                on_loop(verdict)
+            else:
+                self.loop.call_soon_threadsafe(lambda: on_loop(verdict))
+
+        run.timer = self.loop.call_later(timeout, lambda: on_loop(f"login check gave no answer within {timeout:g} s"))
+        try:
+            self.login_checks[index](check, answer)
+        except Exception as exc:  # noqa: BLE001 - a failing check refuses the login (fail closed)
+            on_loop(f"login check failed: {exc!r}")
 
     def _reject(
         self, session: Session, run: ActionRun, attempt: _Attempt, backend: Optional[str], decision: AuthDecision

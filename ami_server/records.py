@@ -286,6 +286,21 @@ class SessionInfo:
 
 
 @dataclass(frozen=True)
+class LoginCheck:
+    """An accepted Login about to take effect, shown to plugins' login checks.
+
+    ``single_login`` is True when the user may hold one session only
+    (``allow_multiple_login`` false for this login): a check that spans
+    several servers enforces it beyond this one.
+    """
+
+    session: SessionInfo
+    username: str
+    single_login: bool
+    backend: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class AuthRequest:
     """Credentials of one Login, handed to each ``authenticate`` implementation.
 

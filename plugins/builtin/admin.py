@@ -25,21 +25,38 @@ def server_status(ctx):
     ))
 
 
+def _entry(info, node=None):
+    node_header = () if node is None else (("Node", node),)
+    return Block("SessionEntry", (
+        ("SessionID", info.session_id),
+        *node_header,
+        ("Username", info.username),
+        ("State", info.state),
+        ("Transport", info.transport),
+        ("RemoteAddress", info.remote_address),
+        ("LocalAddress", info.local_address),
+        ("OpenedTV", format_tv(info.opened_at)),
+        ("SessionTV", format_tv(info.login_time)),
+        ("ReadClasses", format_privilege(info.read_classes)),
+        ("WriteClasses", format_privilege(info.write_classes)),
+        ("EventMask", format_privilege(info.event_mask)),
+    ))
+
+
 def session_list(ctx):
+    directory = ctx.control.directory
+    if directory is not None:
+        # Every server's sessions, each entry with a Node header (a cluster).
+        deferred = ctx.defer()
+
+        def done(entries):
+            items = [_entry(info, node) for node, info in sorted(entries, key=lambda e: (e[1].opened_at, e[0]))]
+            deferred.complete(Response.list(items, "SessionListComplete", message="Sessions will follow"))
+
+        directory.list(ctx.control.sessions(), done)
+        return deferred
     items = [
-        Block("SessionEntry", (
-            ("SessionID", info.session_id),
-            ("Username", info.username),
-            ("State", info.state),
-            ("Transport", info.transport),
-            ("RemoteAddress", info.remote_address),
-            ("LocalAddress", info.local_address),
-            ("OpenedTV", format_tv(info.opened_at)),
-            ("SessionTV", format_tv(info.login_time)),
-            ("ReadClasses", format_privilege(info.read_classes)),
-            ("WriteClasses", format_privilege(info.write_classes)),
-            ("EventMask", format_privilege(info.event_mask)),
-        ))
+        _entry(info)
         for info in sorted(ctx.control.sessions(), key=lambda i: i.opened_at)
     ]
     return Response.list(items, "SessionListComplete", message="Sessions will follow")
@@ -51,9 +68,17 @@ def session_kick(ctx):
         return Response.error("Missing SessionID")
     if target == ctx.session.session_id:
         return Response.error("Use Logoff to end your own session")
-    if not ctx.control.kick(target, f"kicked by {ctx.session.username}"):
+    reason = f"kicked by {ctx.session.username}"
+    if ctx.control.kick(target, reason):
+        return Response.success("Session kicked")
+    directory = ctx.control.directory
+    if directory is None:
         return Response.error("No such session")
-    return Response.success("Session kicked")
+    # Perhaps a session of another server (a cluster).
+    deferred = ctx.defer()
+    directory.kick(target, reason, lambda ok: deferred.complete(
+        Response.success("Session kicked") if ok else Response.error("No such session")))
+    return deferred
 
 
 def server_reload(ctx):
