@@ -125,9 +125,10 @@ class OpsEndpoint:
         """``(healthy, body)``: listeners up, loop turning, not shutting down, required checks passing."""
         server = self.server
         reasons: List[str] = []
-        if server.core.shutting_down or getattr(server, "_stopping", False):
-            reasons.append("shutting down")
-        expected = ["TCP"] + (["TLS"] if server.config.server.tls is not None else [])
+        draining = server.core.shutting_down or getattr(server, "_stopping", False)
+        if draining:
+            reasons.append("shutting down")  # the listeners close on purpose: not a second reason
+        expected = [] if draining else ["TCP"] + (["TLS"] if server.config.server.tls is not None else [])
         for transport in expected:
             if transport not in server.listeners:
                 reasons.append(f"{transport} listener down")
