@@ -225,7 +225,7 @@ class _HTTPConnection:
                 return
             self.buffer += data
             end = self.buffer.find(b"\r\n\r\n")
-            if end >= 0:
+            if 0 <= end <= limit:
                 self._answer(bytes(self.buffer[:end]))
                 return
             if len(self.buffer) > limit:
