@@ -277,3 +277,10 @@ def test_the_shipped_systemd_unit_verifies(tmp_path):
     done = subprocess.run(["systemd-analyze", "verify", str(target)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ami-server.service" not in done.stderr, done.stderr  # no warning about the unit itself
+
+
+def test_the_logrotate_snippet_in_the_docs_is_the_shipped_one():
+    docs = (ROOT / "docs" / "operations.md").read_text()
+    block = re.search(r"<!-- file: logrotate -->\n```\n(?P<body>.*?)^```$", docs, re.S | re.M)
+    assert block is not None
+    assert block["body"] == (ROOT / "contrib" / "logrotate" / "ami-server").read_text()
