@@ -10,6 +10,7 @@ from .config import Config, UserConfig
 from .connection import Backoff, Outbound, StreamProtocol
 from .context import ActionContext, ServerHandle, SessionControl
 from .events import EventBus
+from .health import Health, Metric
 from .hookspecs import hookimpl
 from .passwords import SecretHash, hash_secret, parse_secret_hash, verify_secret
 from .privileges import format_privilege, parse_event_mask
@@ -50,6 +51,8 @@ __all__ = [
     "Config",
     "Deferred",
     "Event",
+    "Health",
+    "Metric",
     "EventBus",
     "LoginCheck",
     "Outbound",

@@ -24,11 +24,11 @@ from typing import Any, Callable, Dict, List, Optional, TextIO
 import structlog
 
 from .audit_json import AuditFields, JsonAuditLines, RecordKind, json_encoder
-from .log_sinks import LogSink, MemorySink, StreamSink
+from .log_sinks import FileSink, LogSink, MemorySink, StreamSink
 from .redaction import REDACTED, SENSITIVE_KEYS, TRUSTED_FIELDS_KEY, Redactor
 
 __all__ = [
-    "AuditFields", "AuditLogger", "RecordKind", "LogSink", "StreamSink", "MemorySink", "make_audit_logger",
+    "AuditFields", "AuditLogger", "RecordKind", "LogSink", "StreamSink", "FileSink", "MemorySink", "make_audit_logger",
     "make_logger", "Redactor", "REDACTED", "SENSITIVE_KEYS", "TRUSTED_FIELDS_KEY", "default_format",
 ]
 
@@ -92,14 +92,22 @@ class AuditLogger(structlog.BoundLoggerBase):
     """
 
     enabled = True
+    #: The configured level's number: records above info (faults) are written unless it is higher.
+    threshold = logging.INFO
     _json: Optional[JsonAuditLines] = None
     _redactor: Optional[Redactor] = None
 
-    def record(self, event: str, fields: Dict[str, Any], about: Optional[AuditFields] = None) -> None:
+    def record(self, event: str, fields: Dict[str, Any], about: Optional[AuditFields] = None,
+               level: str = "info") -> None:
         """Write one record: the bound context, ``about``, ``fields``, then ``event``.
 
-        ``fields`` may be consumed.
+        ``fields`` may be consumed. ``level`` ``warning`` or ``error`` marks a
+        fault (a failing backend): written unless ``[logging] level`` is higher.
         """
+        if level != "info":
+            if _LEVELS[level] >= self.threshold:
+                self._through_chain(event, fields, about, level)
+            return
         if not self.enabled:
             return
         if self._json is not None:
@@ -120,7 +128,8 @@ class AuditLogger(structlog.BoundLoggerBase):
                 return
         self._through_chain(kind.event, kind.fields(values), about)
 
-    def _through_chain(self, event: str, fields: Dict[str, Any], about: Optional[AuditFields]) -> None:
+    def _through_chain(self, event: str, fields: Dict[str, Any], about: Optional[AuditFields],
+                       method: str = "info") -> None:
         redactor = self._redactor
         if about and redactor is not None:
             # ``about`` is scrubbed by its own trusted names; a field of the record
@@ -136,7 +145,7 @@ class AuditLogger(structlog.BoundLoggerBase):
         logger = self._logger
         try:
             for processor in self._processors:
-                event_dict = processor(logger, "info", event_dict)
+                event_dict = processor(logger, method, event_dict)
         except structlog.DropEvent:
             return
         logger.info(event_dict)
@@ -164,6 +173,7 @@ def make_audit_logger(
     processors = _processors(fmt, redactor)
     audit = AuditLogger(sink, processors, {"audit": True})
     audit.enabled = _LEVELS[level] <= logging.INFO
+    audit.threshold = _LEVELS[level]
     audit._redactor = redactor
     if fmt != "console":
         audit._json = JsonAuditLines(audit._context, redactor, processors[0])

@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="configuration file (default: %(default)s)")
     parser.add_argument("--check-config", action="store_true",
                         help="validate the configuration and the plugins, then exit 0 (valid) or 1")
+    parser.add_argument("--strict", action="store_true",
+                        help="with --check-config: exit 1 on warnings too (unknown plugin names, ports in use)")
     parser.add_argument("--version", action="version", version=f"ami-server {__version__}")
     return parser
 
@@ -45,7 +47,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.check_config:
         for text in warnings:
             print(f"ami-server: warning: {text}", file=sys.stderr)
-        return _check(config, args.config)
+        return _check(config, args.config, args.strict)
     try:
         server = Server(config)
     except ServerError as exc:
@@ -75,8 +77,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
-def _check(config, path: str) -> int:
+def _check(config, path: str, strict: bool = False) -> int:
     from .audit import MemorySink
+    from .preflight import preflight
 
     sink = MemorySink()
     server = Server(config, log_sink=sink)
@@ -87,6 +90,13 @@ def _check(config, path: str) -> int:
         return 1
     finally:
         server.loop.close()
+    findings = preflight(config, [record.name for record in server.plugins])
+    for text in findings.warnings:
+        print(f"ami-server: warning: {text}", file=sys.stderr)
+    for text in findings.errors:
+        print(f"ami-server: {text}", file=sys.stderr)
+    if findings.errors or (strict and findings.warnings):
+        return 1
     print(f"{path}: OK ({len(config.users)} users, {len(server.actions)} actions)")
     return 0
 

@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any, List, Mapping, Optional, Tuple, Union
 
 from .acl import AddressACL
+from .ops_config import HTTPSettings, parse_http
 from .passwords import parse_secret_hash
 from .privileges import ClassListError, parse_class_list
 from .protocol import ascii_lower
@@ -150,6 +151,8 @@ class Config:
     plugins: PluginSettings = field(default_factory=PluginSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     source: str = "<defaults>"
+    #: ``[http]``: the metrics and health listener (``None``: off).
+    http: Optional[HTTPSettings] = None
 
     @property
     def auth_backends(self) -> Tuple[str, ...]:
@@ -350,17 +353,20 @@ def _users(reader: _Reader) -> Mapping[str, UserConfig]:
     return MappingProxyType(users)
 
 
-def _logging(reader: _Reader) -> LoggingSettings:
+def _logging(reader: _Reader, base: Optional[Path] = None) -> LoggingSettings:
     level = reader.str("level", "info").lower()
     if level not in _LOG_LEVELS:
         raise reader.error("level", f"must be one of {', '.join(_LOG_LEVELS)}")
     fmt = reader.str("format", "auto").lower()
     if fmt not in _LOG_FORMATS:
         raise reader.error("format", f"must be one of {', '.join(_LOG_FORMATS)}")
+    file = reader.str("file", "")
+    if file and base is not None and not Path(file).expanduser().is_absolute():
+        file = str(base / file)  # like the TLS files: relative to the config file, not the cwd
     settings = LoggingSettings(
         level=level,
         format=fmt,
-        file=reader.str("file", ""),
+        file=str(Path(file).expanduser()) if file else "",
         audit_read_only_actions=bool(reader.bool("audit_read_only_actions", False)),
     )
     reader.finish()
@@ -404,10 +410,11 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>", base: Option
     config = Config(
         server=_server(root.sub("server"), base),
         users=_users(root.sub("users")),
-        logging=_logging(root.sub("logging")),
+        logging=_logging(root.sub("logging"), base),
         plugins=_plugins(root.sub("plugins")),
         auth=_auth(root.sub("auth")),
         source=source,
+        http=parse_http(root.sub("http"), base) if "http" in root.table else None,
     )
     root.finish()
     return config

@@ -17,7 +17,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
 
 from .records import TimerHandle
-from .security import format_address
+from .security import format_address, host_port
 from .session import Link, Session
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -86,7 +86,7 @@ def listen(host: str, port: int, key: str, source: str) -> socket.socket:
         sock.listen(512)
     except OSError as exc:
         sock.close()
-        raise ListenError(f"cannot listen on {host}:{port} ({key}): {exc.strerror or exc}") from None
+        raise ListenError(f"cannot listen on {host_port(host, port)} ({key}): {exc.strerror or exc}") from None
     sock.setblocking(False)
     return sock
 

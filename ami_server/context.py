@@ -212,6 +212,26 @@ class ServerHandle:
         """
         self._host.add_reload_listener(listener)
 
+    def add_health_check(self, name: str, check: Callable[[], Any], required: bool = True) -> None:
+        """Report ``check()`` in ``/healthz`` (see docs/operations.md, "Metrics and health").
+
+        ``check`` runs on the loop at each request and must not block: return
+        :class:`ami_server.Health` (``ok``, short ``detail``) or a bool from
+        state the plugin keeps (an upstream connection's state, a Redis
+        link's). A failing ``required`` check answers 503.
+        """
+        self._host.ops.add_check(name, check, required)
+
+    def add_metrics(self, source: Callable[[], Any]) -> None:
+        """Add ``source()``'s :class:`ami_server.Metric` records to each ``/metrics`` scrape (on the loop)."""
+        self._host.ops.add_source(self._plugin, source)
+
+    def reopen_logs(self) -> bool:
+        """Reopen the ``[logging] file`` (log rotation); False when the server logs to stderr."""
+        from .ops import reopen_logs
+
+        return reopen_logs(self._host)
+
     def add_action_guard(self, guard: Callable[[SessionInfo, str, Optional["Message"]], Optional[str]]) -> None:
         """Ask ``guard(session, action, request)`` before every action of a logged-in session.
 

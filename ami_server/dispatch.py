@@ -182,6 +182,8 @@ class Dispatcher:
         #: ``None`` outside such a read, ``""`` inside one until first asked.
         self.read_stamp: Optional[str] = None
         self._replies = ReplyRenderer()
+        #: ``observe(name, result, started)`` per answered or denied action (metrics; None: off).
+        self.observe: Optional[Callable[[str, str, float], None]] = None
 
     def dispatch(self, session: Session, message: Message) -> None:
         """R-2.8: the first step that answers ends it."""
@@ -232,7 +234,7 @@ class Dispatcher:
         if self.guards and session.state == AUTHENTICATED and self._guarded(session, run_name, message):
             return
         audit = not action.read_only or self._audit_read_only()
-        run = _Run(run_name, action_id, time.monotonic() if audit else 0.0, entry, audit)
+        run = _Run(run_name, action_id, time.monotonic() if audit or self.observe else 0.0, entry, audit)
         run.dispatcher = self
         run.session = session
         self.outbox.settle_for(session)  # events published before this action are not held back (Q-7.4)
@@ -375,6 +377,8 @@ class Dispatcher:
             outbox.write(session, data)
             if run.audit:
                 self.audit.executed(session, run, response)
+            if self.observe is not None:
+                self.observe(run.name, response.status, run.started)
             return
         if len(response.blocks) > LIST_SLICE:
             self._start_stream(session, run, response)
@@ -399,6 +403,8 @@ class Dispatcher:
         outbox.reply(session, parts, completion, response.close)
         if run.audit:
             self.audit.executed(session, run, response)
+        if self.observe is not None:
+            self.observe(run.name, response.status, run.started)
         if response.close:
             self.core.close_after_flush(session, session.close_reason or "logoff")
 
@@ -463,6 +469,9 @@ class Dispatcher:
         unless the guard answered otherwise."""
         self.audit.security(session, "RequestNotAllowed", extra=(("RequestType", _cut(f"Action: {name}", 63)),))
         fields = {"rule": rule} if rule is not None else {}
+        if self.observe is not None:
+            entry = self.registry.by_name.get(ascii_lower(name))
+            self.observe(entry.action.name if entry is not None else "other", "denied", 0.0)
         self.audit.record("ActionDenied", self.audit.who(session), action=name, action_id=action_id, **fields)
         if response is None:
             self.outbox.write(session, render_response("Error", action_id, "Permission denied"))

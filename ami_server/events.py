@@ -69,6 +69,8 @@ class EventBus:
         #: Events published on this node, and events delivered from elsewhere.
         self.published = 0
         self.injected = 0
+        #: Events published by class mask (metrics; None: not counted).
+        self.by_class: Optional[Dict[int, int]] = None
 
     def subscribe(self, subscriber: Subscriber) -> None:
         """Call ``subscriber(event, local)`` for every event delivered on this node."""
@@ -86,6 +88,9 @@ class EventBus:
         if not isinstance(event, Event):
             raise TypeError(f"publish() takes an Event, not {type(event).__name__}")
         self.published += 1
+        counts = self.by_class
+        if counts is not None:
+            counts[event.classes] = counts.get(event.classes, 0) + 1
         self._outbox.add(event.classes, self.render(event))
         if audit is not None or event.name in SECURITY_EVENT_NAMES:
             # A-3.16: every security event is an audit record too, received or not.

@@ -15,7 +15,7 @@ import json
 import threading
 from typing import List, Optional, TextIO
 
-__all__ = ["LogSink", "StreamSink", "MemorySink"]
+__all__ = ["LogSink", "StreamSink", "FileSink", "MemorySink"]
 
 
 class LogSink:
@@ -26,6 +26,10 @@ class LogSink:
 
     def close(self) -> None:
         """Flush and release the sink."""
+
+    def reopen(self) -> bool:
+        """Reopen a file sink by its path (log rotation); False when there is no file to reopen."""
+        return False
 
     # structlog calls the wrapped logger's method named after the level.
     def msg(self, line: str) -> None:
@@ -80,6 +84,7 @@ class StreamSink(LogSink):
                 batch.append(lines.popleft())
             with self._lock:
                 dropped, self._dropped = self._dropped, 0
+            self._maintain()
             try:
                 if dropped:
                     self._stream.write(f'{{"event": "LogLinesDropped", "count": {dropped}}}\n')
@@ -93,6 +98,9 @@ class StreamSink(LogSink):
             if self._closing and not lines:
                 return
 
+    def _maintain(self) -> None:
+        """Called in the writer thread before each batch (a file sink reopens here)."""
+
     def close(self) -> None:
         self._closing = True
         self._closed.set()
@@ -102,6 +110,45 @@ class StreamSink(LogSink):
             self._stream.flush()
             if self._owns:
                 self._stream.close()
+        except (OSError, ValueError):
+            pass
+
+
+class FileSink(StreamSink):
+    """Appends to a file by path and can reopen it, so logrotate needs no copytruncate.
+
+    :meth:`reopen` only sets a flag; the writer thread opens the new file
+    before its next batch, so a slow filesystem never stalls the event loop.
+    If the new file cannot be opened the old one is kept and a
+    ``LogReopenFailed`` line says why.
+    """
+
+    def __init__(self, path: str, capacity: int = 10000) -> None:
+        self.path = path
+        self._reopen = False
+        super().__init__(open(path, "a", encoding="utf-8", buffering=1), capacity, owns_stream=True)
+
+    def reopen(self) -> bool:
+        self._reopen = True
+        self._wake.set()
+        return True
+
+    def _maintain(self) -> None:
+        if not self._reopen:
+            return
+        self._reopen = False
+        try:
+            stream = open(self.path, "a", encoding="utf-8", buffering=1)
+        except OSError as exc:
+            try:
+                self._stream.write(json.dumps({"event": "LogReopenFailed", "level": "error", "path": self.path,
+                                               "error": exc.strerror or str(exc)}) + "\n")
+            except (OSError, ValueError):
+                pass
+            return
+        old, self._stream = self._stream, stream
+        try:
+            old.close()
         except (OSError, ValueError):
             pass
 

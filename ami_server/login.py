@@ -11,6 +11,7 @@ the rejection reason (which security event), ``allow_multiple_login``
 from __future__ import annotations
 
 import time
+import traceback
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple
 
 import pluggy
@@ -62,7 +63,7 @@ def build_chain(manager: pluggy.PluginManager, backends: Sequence[str], source: 
 class _Attempt:
     """One Login's trip through the backend chain; ``settled`` drops a late answer."""
 
-    __slots__ = ("request", "deferred", "backend", "settled")
+    __slots__ = ("request", "deferred", "backend", "settled", "started", "trace")
 
     def __init__(self, request: AuthRequest, deferred: Deferred) -> None:
         self.request = request
@@ -70,6 +71,9 @@ class _Attempt:
         #: The backend being asked right now (named in a timeout's audit record).
         self.backend: Optional[str] = None
         self.settled = False
+        self.started = time.monotonic()
+        #: A failing backend's traceback, credentials scrubbed (logged with AuthBackendError).
+        self.trace: Optional[str] = None
 
 
 class LoginPolicy:
@@ -96,6 +100,8 @@ class LoginPolicy:
         self.event_guards: List[Callable[[Any], Optional[Callable[[str], bool]]]] = []
         #: Plugins' last word on an accepted login, asked in order (ServerHandle.add_login_check).
         self.login_checks: List[LoginCheckFn] = []
+        #: ``observe(backend, seconds)`` once per chain answer or timeout (metrics; None: off).
+        self.observe: Optional[Callable[[Optional[str], float], None]] = None
 
     # -- A-3.13 -----------------------------------------------------------
     def in_use(self, username: str, decision: Optional[AuthDecision] = None) -> bool:
@@ -189,7 +195,7 @@ class LoginPolicy:
             self.loop.call_soon_threadsafe(lambda: self._decided(session, run, request, attempt, outcome))
 
         if not self.workers.submit(lambda: _ask_backends(chain, tables, attempt), done):
-            self.audit.record(
+            self.audit.fault(
                 "AuthBackendError", who(session, username), backend=None,
                 error="too many logins waiting for a backend",
             )
@@ -202,7 +208,9 @@ class LoginPolicy:
         if attempt.settled or session.closed or session.current is not run:
             return
         attempt.settled = True
-        self.audit.record(
+        if self.observe is not None:
+            self.observe(attempt.backend, time.monotonic() - attempt.started)
+        self.audit.fault(
             "AuthBackendError", self.audit.who(session, attempt.request.username), backend=attempt.backend,
             error=f"no answer within {timeout:g} s",
         )
@@ -220,9 +228,14 @@ class LoginPolicy:
         username = attempt.request.username
         if exc is not None:
             value = (attempt.backend, None, f"authentication chain failed: {exc!r}")
+            attempt.trace = _trace(exc, attempt.request)
         backend, decision, error = value
+        if self.observe is not None:
+            self.observe(backend, time.monotonic() - attempt.started)
         if error is not None:
-            self.audit.record("AuthBackendError", self.audit.who(session, username), backend=backend, error=error)
+            fields = {"traceback": attempt.trace} if attempt.trace else {}
+            self.audit.fault("AuthBackendError", self.audit.who(session, username), backend=backend, error=error,
+                             **fields)
             decision = AuthDecision.reject()
         if decision is None:
             decision = AuthDecision.reject("unknown_user")
@@ -393,6 +406,7 @@ def _ask_backends(chain: Chain, tables: Any, attempt: _Attempt) -> Tuple[Optiona
         try:
             result = caller(request=attempt.request, config=tables.get(name, {}))
         except Exception as exc:  # noqa: BLE001 - fail closed, audited by the caller
+            attempt.trace = _trace(exc, attempt.request)
             return name, None, _without_credentials(repr(exc), attempt.request)
         if result is None:
             continue
@@ -400,6 +414,12 @@ def _ask_backends(chain: Chain, tables: Any, attempt: _Attempt) -> Tuple[Optiona
             return name, None, f"returned {type(result).__name__}, not an AuthDecision"
         return name, result, None
     return None, None, None
+
+
+def _trace(exc: BaseException, request: AuthRequest) -> str:
+    """The traceback of a failing backend, without the credentials it may quote."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return _without_credentials(text, request)
 
 
 def _without_credentials(text: str, request: AuthRequest) -> str:

@@ -33,7 +33,7 @@ def _ignore_run(session: Session, run: ActionRun) -> None:
 class Outbox:
     """The output side of every session of one server."""
 
-    __slots__ = ("limit", "dirty", "batch", "batch_classes", "recipients", "on_overflow", "on_held")
+    __slots__ = ("limit", "dirty", "batch", "batch_classes", "recipients", "on_overflow", "on_held", "delivered")
 
     def __init__(self, limit: int, recipients: Dict[int, Session]) -> None:
         #: ``output_queue_limit``: bytes of unsent output per session.
@@ -49,6 +49,8 @@ class Outbox:
         self.on_overflow: Callable[[Session], None] = _ignore
         #: Called when an event is held for a session whose WaitEvent it ends (B-5.11).
         self.on_held: Callable[[Session, ActionRun], None] = _ignore_run
+        #: Event copies handed to sessions, by class mask (counted per batch, read by metrics).
+        self.delivered: Dict[int, int] = {}
 
     # -- writing --------------------------------------------------------
     def write(self, session: Session, data: bytes) -> None:
@@ -109,6 +111,7 @@ class Outbox:
             limit = self.limit
             dirty = self.dirty
             others: List[Session] = []
+            whole = 0
             # The hot loop (Q-7.2 to Q-7.4).
             for session in self.recipients.values():
                 receives = session.receives
@@ -120,8 +123,13 @@ class Outbox:
                         if not out:
                             dirty.append(session)
                         out += joined
+                        whole += 1
                         continue
                 others.append(session)
+            delivered = self.delivered
+            if whole:
+                for classes, _ in entries:
+                    delivered[classes] = delivered.get(classes, 0) + whole
             for session in others:
                 for classes, data in entries:
                     if session.closed:
@@ -130,23 +138,25 @@ class Outbox:
                         continue
                     if session.filters is not None and not session.filters.passes(data):
                         continue
-                    self.deliver(session, data)
+                    if self.deliver(session, data):
+                        delivered[classes] = delivered.get(classes, 0) + 1
 
-    def deliver(self, session: Session, data: bytes) -> None:
+    def deliver(self, session: Session, data: bytes) -> bool:
         """Append one event to the output, or to the held list while an action runs (Q-7.4)."""
         if session.closed or session.state != AUTHENTICATED:
-            return
+            return False
         if len(session.out) + session.pending_bytes + len(data) > self.limit:
             self.on_overflow(session)
-            return
+            return False
         run = session.current
         if run is None:
             self.write(session, data)
-            return
+            return True
         session.pending.append(data)
         session.pending_bytes += len(data)
         if run.wait_reply is not None:
             self.on_held(session, run)
+        return True
 
     # -- end of a loop turn -------------------------------------------------
     def flush(self) -> None:

@@ -63,6 +63,7 @@ BUILTIN_PLUGINS: Tuple[Tuple[str, str], ...] = (
     ("filter", "ami_server.builtin.filter"),
     ("command", "ami_server.builtin.command"),
     ("admin", "ami_server.builtin.admin"),
+    ("logrotate", "ami_server.builtin.logrotate"),
 )
 #: Builtins that cannot be disabled: without them no client can log in or out.
 ESSENTIAL_PLUGINS = frozenset({"config", "login", "logoff", "challenge"})

@@ -17,17 +17,49 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 from .config import Config, ConfigError, check_sample_secrets, load_config
 from .connection import ListenError, listen, server_tls_context
 from .login import AuthChainError, build_chain
+from .ops_config import http_secrets
 
 if TYPE_CHECKING:  # pragma: no cover
     import socket
 
     from .server import Server
 
-__all__ = ["reload"]
+__all__ = ["reload", "restart_required", "secrets_of"]
 
 
 def reload(server: "Server", new: Optional[Config] = None) -> Tuple[bool, str]:
-    """Apply ``new`` (or the file read again) to ``server``; ``(ok, message)``."""
+    """Apply ``new`` (or the file read again) to ``server``; ``(ok, message)``.
+
+    The log file is reopened first, whatever the outcome, so that SIGHUP
+    after logrotate moved it always starts a new file.
+    """
+    from .ops import reopen_logs
+
+    reopen_logs(server)
+    ok, message = _reload(server, new)
+    server.ops.reloads["ok" if ok else "failed"] += 1
+    return ok, message
+
+
+def restart_required(running: Config, new: Config) -> List[str]:
+    """What ``new`` changes that only a restart applies, compared with what runs (not the last file).
+
+    ``audit_read_only_actions`` is read at every action, so a reload applies it.
+    """
+    def logging_of(config: Config) -> Tuple[str, str, str]:
+        return config.logging.level, config.logging.format, config.logging.file
+
+    return [
+        key for key, before, after in (
+            ("plugins.disable", running.plugins.disable, new.plugins.disable),
+            ("plugins.required", running.plugins.required, new.plugins.required),
+            ("logging", logging_of(running), logging_of(new)),
+            ("http", running.http, new.http),
+        ) if before != after
+    ]
+
+
+def _reload(server: "Server", new: Optional[Config]) -> Tuple[bool, str]:
     old = server.config
     try:
         if new is None:
@@ -39,13 +71,7 @@ def reload(server: "Server", new: Optional[Config] = None) -> Tuple[bool, str]:
     except (ConfigError, AuthChainError, ListenError) as exc:
         server.log.error("ReloadFailed", error=str(exc))
         return False, f"Reload failed: {exc}"
-    restart_required = [
-        key for key, before, after in (
-            ("plugins.disable", old.plugins.disable, new.plugins.disable),
-            ("plugins.required", old.plugins.required, new.plugins.required),
-            ("logging", old.logging, new.logging),
-        ) if before != after
-    ]
+    pending = restart_required(server.boot_config, new)
     # -- commit: nothing below can fail -------------------------------
     for transport, sock in listeners.items():
         server.replace_listener(transport, sock)
@@ -69,11 +95,11 @@ def reload(server: "Server", new: Optional[Config] = None) -> Tuple[bool, str]:
     updated = server.core.reclassed - updated
     server.audit.record(
         "ConfigReloaded", source=new.source, users=len(new.users), sessions_updated=updated,
-        sessions_revoked=revoked, restart_required=restart_required,
+        sessions_revoked=revoked, restart_required=pending,
     )
     message = f"Configuration reloaded ({updated} sessions updated, {revoked} revoked)"
-    if restart_required:
-        message += f"; restart to apply {', '.join(restart_required)}"
+    if pending:
+        message += f"; restart to apply {', '.join(pending)}"
     return True, message
 
 
@@ -98,4 +124,5 @@ def _rebind(old: Config, new: Config) -> Dict[str, Optional["socket.socket"]]:
 
 def secrets_of(config: Config) -> List[str]:
     """Every configured secret and secret hash: what the log redactor must never let through."""
-    return [value for user in config.users.values() for value in (user.secret, user.secret_hash) if value]
+    found = [value for user in config.users.values() for value in (user.secret, user.secret_hash) if value]
+    return found + list(http_secrets(config.http))

@@ -16,6 +16,7 @@ __all__ = [
     "EPOCH_TV",
     "format_tv",
     "format_address",
+    "host_port",
     "new_session_id",
     "new_challenge",
     "security_event",
@@ -61,6 +62,11 @@ def format_address(sockaddr: Tuple, transport: str) -> str:
             return f"IPV4/{transport}/{host[7:]}/{port}"
         return f"IPV6/{transport}/{host}/{port}"
     return f"IPV4/{transport}/{host}/{port}"
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets (``[::1]:5038``) so the port can be told apart."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 def new_session_id(taken: Container[str] = frozenset()) -> str:

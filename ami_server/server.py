@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import pluggy
 
-from .audit import LogSink, Redactor, StreamSink, default_format, make_audit_logger, make_logger
+from .audit import FileSink, LogSink, Redactor, StreamSink, default_format, make_audit_logger, make_logger
 from .config import Config
 from .connection import Listener, ListenError, Outbound, StreamProtocol, listen, server_tls_context
 from .context import ServerHandle, SessionControl
@@ -26,6 +26,7 @@ from .control import ControlBackend, ServerControl
 from .core import SessionCore
 from .dispatch import Dispatcher
 from .events import EventBus
+from .health import OpsRegistry
 from .hooks import ContainedHook
 from .login import AuthChainError, LoginPolicy, build_chain
 from .loop import Loop
@@ -38,7 +39,9 @@ from .plugins import (
     load_plugins,
 )
 from .records import Action, Event, ServerStatus
+from .ops import OpsEndpoint, OpsStartError, start_http
 from .reload import reload as _reload, secrets_of
+from .security import host_port
 from .session_audit import SessionAudit
 from .workers import WorkerPool
 
@@ -71,6 +74,11 @@ class Server:
         loop: Optional[Loop] = None,
     ) -> None:
         self.config = config
+        #: The configuration the process started with: what a reload cannot change is compared with it.
+        self.boot_config = config
+        #: Plugins' health checks and metrics; the [http] endpoint (None: off).
+        self.ops = OpsRegistry()
+        self.http: Optional[OpsEndpoint] = None
         self.loop = loop or Loop()
         self.loop.on_error = self._loop_error
         self.manager = plugin_manager or create_plugin_manager()
@@ -129,12 +137,12 @@ class Server:
             return log_sink, "json" if config.logging.format == "auto" else config.logging.format
         if config.logging.file:
             try:
-                stream = open(config.logging.file, "a", encoding="utf-8", buffering=1)
+                sink = FileSink(config.logging.file)
             except OSError as exc:
                 raise ServerError(
                     f"{config.source}: logging.file: cannot open {config.logging.file!r}: {exc.strerror}"
                 ) from None
-            return StreamSink(stream, owns_stream=True), "json" if config.logging.format == "auto" else config.logging.format
+            return sink, "json" if config.logging.format == "auto" else config.logging.format
         return StreamSink(sys.stderr), default_format(config.logging.format)
 
     # -- setup --------------------------------------------------------------
@@ -192,14 +200,16 @@ class Server:
             if settings.tls is not None:
                 self.replace_listener("TLS", listen(settings.tls.host, settings.tls.port, "server.tls",
                                                     self.config.source))
-        except ListenError as exc:
+            self.http = start_http(self)
+        except (ListenError, OpsStartError) as exc:
             self._close_listeners()
             raise ServerError(str(exc)) from None
-        addresses = [f"{a[0]}:{a[1]}" + (" (TLS)" if t == "TLS" else "")
+        addresses = [host_port(a[0], a[1]) + (" (TLS)" if t == "TLS" else "")
                      for t, a in ((t, listener.address) for t, listener in self.listeners.items())]
         self.log.info(
             "ServerStarted", address=addresses[0], addresses=addresses,
             plugins=[r.name for r in self.plugins if r.status == "loaded"], actions=len(self.actions),
+            **({"http": host_port(*self.http.address)} if self.http is not None else {}),
         )
         address = self.address
         assert address is not None
@@ -272,6 +282,8 @@ class Server:
     def close(self) -> None:
         """Close the listeners, every session, the workers, the loop and an owned log sink."""
         self._close_listeners()
+        if self.http is not None:
+            self.http.close()
         self.core.close_all("shutdown")
         self.workers.close()
         self.auth_workers.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from .audit import TRUSTED_FIELDS_KEY, AuditFields, RecordKind
 from .records import Response
@@ -28,17 +28,28 @@ _EXECUTED = RecordKind(
 class SessionAudit:
     """Writes the server's audit records; security events go out on the bus too."""
 
-    __slots__ = ("log", "publish")
+    __slots__ = ("log", "publish", "tap")
 
     def __init__(self, audit_log: Any, publish: Any) -> None:
         self.log = audit_log
         #: The bus's publish(event, audit_fields).
         self.publish = publish
+        #: ``tap(record, fields)`` sees every record (metrics count logins by reason); None: off.
+        self.tap: Optional[Callable[[str, Dict[str, Any]], None]] = None
 
     def record(self, record: str, about: Optional[AuditFields] = None, /, **fields: Any) -> None:
         """Write the audit record ``record``: ``about`` (see :meth:`who`), then ``fields``."""
         fields[TRUSTED_FIELDS_KEY] = TRUSTED_AUDIT_FIELDS
+        if self.tap is not None:
+            self.tap(record, fields)
         self.log.record(record, fields, about)
+
+    def fault(self, record: str, about: Optional[AuditFields] = None, /, **fields: Any) -> None:
+        """Like :meth:`record`, at level ``warning``: something is broken (a backend failing every login)."""
+        fields[TRUSTED_FIELDS_KEY] = TRUSTED_AUDIT_FIELDS
+        if self.tap is not None:
+            self.tap(record, fields)
+        self.log.record(record, fields, about, level="warning")
 
     @staticmethod
     def who(session: Session, username: Optional[str] = None) -> AuditFields:

@@ -96,6 +96,11 @@ class WorkerPool:
             self._jobs.maxsize = queue_limit
 
     @property
+    def queued(self) -> int:
+        """Jobs waiting for a thread (metrics)."""
+        return self._jobs.qsize()
+
+    @property
     def threads(self) -> int:
         return len(self._threads)
 

@@ -33,6 +33,7 @@ _BUILTINS = [
     (b"ListCommands: List available manager commands.", b"<none>"),
     (b"Login: Login Manager.", b"<none>"),
     (b"Logoff: Logoff Manager.", b"<none>"),
+    (b"LogRotate: Reopen the ami-server log file (after logrotate).", b"system,all"),
     (b"Ping: Keepalive command.", b"<none>"),
     (b"ServerReload: Reload the ami-server configuration.", b"system,all"),
     (b"ServerStatus: Show ami-server counters.", b"system,all"),
