@@ -35,6 +35,14 @@ def _no_hook(**kwargs: Any) -> None:
     pass
 
 
+def _forget(counts: Dict[str, int], key: str) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
 class SessionCore:
     """All sessions of one server: open, feed input, dispatch in order, close."""
 
@@ -48,6 +56,9 @@ class SessionCore:
         self.outbox = Outbox(settings().output_queue_limit, self.authenticated)
         self.outbox.on_overflow = self._slow_consumer
         self.unauthenticated = 0
+        #: Logged-in sessions per user key, and how many of them logged in under a single-login rule.
+        self.user_sessions: Dict[str, int] = {}
+        self.single_users: Dict[str, int] = {}
         self.stats = {"events_dropped": 0, "slow_consumer_disconnects": 0, "sessions_accepted": 0}
         #: Sessions revoked and re-classed so far (a reload reports its share).
         self.revocations = 0
@@ -98,6 +109,15 @@ class SessionCore:
             return
         self.audit.record("AuthTimeout", self.audit.who(session), timeout=self._settings().auth_timeout)
         self.close(session, "auth timeout")
+
+    def logged_in(self, session: Session) -> None:
+        """The session is AUTHENTICATED now: an event recipient, counted for its user (A-3.13)."""
+        self.unauthenticated -= 1
+        self.authenticated[session.key] = session
+        key = session.user_key
+        self.user_sessions[key] = self.user_sessions.get(key, 0) + 1
+        if session.single_login:
+            self.single_users[key] = self.single_users.get(key, 0) + 1
 
     # -- input ------------------------------------------------------------
     def receive(self, session: Session, data: bytes) -> None:
@@ -221,6 +241,10 @@ class SessionCore:
             return
         session.closed = True
         was_authenticated = session.key in self.authenticated
+        if was_authenticated:
+            _forget(self.user_sessions, session.user_key)
+            if session.single_login:
+                _forget(self.single_users, session.user_key)
         self.sessions.pop(session.key, None)
         self._session_ids.discard(session.session_id)
         self.authenticated.pop(session.key, None)

@@ -112,10 +112,10 @@ class LoginPolicy:
         ``allow_multiple_login`` (or the server's setting) applies as well.
         """
         key = ascii_lower(username)
-        sessions = [s for s in self.core.authenticated.values() if s.user_key == key]
-        if not sessions:
+        core = self.core
+        if key not in core.user_sessions:
             return False
-        if any(s.single_login for s in sessions):
+        if key in core.single_users:
             return True
         return decision is not None and not self._multiple_allowed(decision)
 
@@ -349,8 +349,7 @@ class LoginPolicy:
         if session.auth_timer is not None:
             session.auth_timer.cancel()
             session.auth_timer = None
-        self.core.unauthenticated -= 1
-        self.core.authenticated[session.key] = session
+        self.core.logged_in(session)
         session.changed()
         if self.event_guards:
             self._install_event_guards(session)

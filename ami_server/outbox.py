@@ -111,11 +111,13 @@ class Outbox:
             limit = self.limit
             dirty = self.dirty
             others: List[Session] = []
-            whole = 0
-            # The hot loop.
-            for session in self.recipients.values():
+            skipped = 0
+            recipients = self.recipients
+            # The hot loop: a recipient that takes the joined batch costs no count.
+            for session in recipients.values():
                 receives = session.receives
                 if not receives & union:
+                    skipped += 1
                     continue  # none of its classes, or not (any more) authenticated
                 if receives & union == union and session.filters is None:
                     out = session.out
@@ -123,9 +125,9 @@ class Outbox:
                         if not out:
                             dirty.append(session)
                         out += joined
-                        whole += 1
                         continue
                 others.append(session)
+            whole = len(recipients) - skipped - len(others)
             delivered = self.delivered
             if whole:
                 for classes, _ in entries:

@@ -9,7 +9,7 @@ def userevent(ctx):
     request = ctx.request
     headers = [("UserEvent", request.get("UserEvent") or "")]
     for name, value in request.headers():
-        if ascii_lower(name) in _NOT_COPIED:
+        if (name.lower() if name.isascii() else ascii_lower(name)) in _NOT_COPIED:
             continue
         if "\r" in name or name != name.strip():
             # A name from the wire may hold a lone CR or outer blanks, which an
