@@ -26,7 +26,8 @@ are not counted against the limit.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Union
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import re2
 
@@ -63,15 +64,36 @@ def _to_bytes(text: Union[str, bytes]) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
+def _matcher(regexp: Any) -> Callable[[bytes], bool]:
+    """``data -> bool``: does the pattern occur in ``data``?
+
+    google-re2's ``search`` builds a match object through Python code (about
+    3.9 us an event); its compiled program's ``Match`` answers the same
+    question in about 1.5 us, which matters when every event is searched
+    for every filtered session. Used when this google-re2 has it, else
+    ``search``.
+    """
+    program = getattr(regexp, "_regexp", None)
+    anchor = getattr(getattr(getattr(re2, "_re2", None), "RE2", None), "Anchor", None)
+    unanchored = getattr(anchor, "UNANCHORED", None)
+    if program is None or unanchored is None or not hasattr(program, "Match"):
+        search = regexp.search
+        return lambda data: search(data) is not None
+    match = program.Match
+    return lambda data: match(unanchored, data, 0, len(data))[0][0] != -1
+
+
 class FilterPattern:
     """A compiled filter: ``search`` takes ``str`` or ``bytes`` and never backtracks."""
 
-    __slots__ = ("pattern", "_search")
+    __slots__ = ("pattern", "_search", "matches")
 
     def __init__(self, pattern: str, regexp: Any) -> None:
         #: The pattern as given (without the ``!`` of an exclude filter).
         self.pattern = pattern
         self._search = regexp.search
+        #: ``data -> bool`` on the rendered event's bytes (the delivery path).
+        self.matches = _matcher(regexp)
 
     def search(self, text: Union[str, bytes]) -> Optional[Any]:
         """A match object if the pattern occurs anywhere in ``text``, else ``None``."""
@@ -81,12 +103,22 @@ class FilterPattern:
         return f"FilterPattern({self.pattern!r})"
 
 
+#: Patterns compiled lately, by text: sessions that set the same filter (a fleet of dashboards)
+#: share one compiled pattern, so one search per event answers for all of them (see passes).
+_COMPILED: "OrderedDict[str, FilterPattern]" = OrderedDict()
+_COMPILED_LIMIT = 1024
+
+
 def compile_filter(text: str) -> FilterPattern:
     """Compile a client's filter pattern with RE2; ``ValueError`` says why one is refused."""
     if not isinstance(text, str):
         raise TypeError(f"a filter pattern is a str, not {type(text).__name__}")
     if len(text) > MAX_PATTERN_LENGTH:
         raise ValueError(f"filter pattern is longer than {MAX_PATTERN_LENGTH} characters")
+    known = _COMPILED.get(text)
+    if known is not None:
+        _COMPILED.move_to_end(text)
+        return known
     try:
         regexp = re2.compile(_to_bytes(text), _OPTIONS)
     except re2.error as exc:
@@ -94,7 +126,10 @@ def compile_filter(text: str) -> FilterPattern:
         if isinstance(reason, bytes):
             reason = reason.decode("utf-8", "replace")
         raise ValueError(f"filter pattern does not compile: {reason}") from None
-    return FilterPattern(text, regexp)
+    pattern = _COMPILED[text] = FilterPattern(text, regexp)
+    if len(_COMPILED) > _COMPILED_LIMIT:
+        _COMPILED.popitem(last=False)
+    return pattern
 
 
 class EventFilters:
@@ -122,16 +157,27 @@ class EventFilters:
             raise ValueError(f"Too many filters (at most {self.LIMIT} per session)")
         (self.include if include else self.exclude).append(pattern)
 
-    def passes(self, text: Union[str, bytes]) -> bool:
+    def passes(self, text: Union[str, bytes], memo: Optional[Dict[FilterPattern, bool]] = None) -> bool:
         """Name predicates: all must accept; includes: one must match; excludes: none may match.
 
         ``text`` may be the rendered event's bytes, which saves decoding it.
+        ``memo`` holds the answers of patterns already searched in this same
+        event (for other sessions): a pattern is searched once per event.
         """
         data = _to_bytes(text)
         if self.names:
             name = data[7:data.find(b"\r\n")].decode("utf-8", "surrogateescape")  # "Event: <name>\r\n"
             if not all(accepts(name) for accepts in self.names):
                 return False
-        if self.include and not any(p.search(data) for p in self.include):
+        if memo is None:
+            memo = {}
+        if self.include and not any(_matches(p, data, memo) for p in self.include):
             return False
-        return not any(p.search(data) for p in self.exclude)
+        return not any(_matches(p, data, memo) for p in self.exclude)
+
+
+def _matches(pattern: FilterPattern, data: bytes, memo: Dict[FilterPattern, bool]) -> bool:
+    found = memo.get(pattern)
+    if found is None:
+        found = memo[pattern] = pattern.matches(data)
+    return found

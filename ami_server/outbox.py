@@ -15,7 +15,7 @@ cuts the session off as a slow consumer (Q-7.6, ``on_overflow``).
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .session import AUTHENTICATED, ActionRun, Session
 
@@ -132,14 +132,21 @@ class Outbox:
             if whole:
                 for classes, _ in entries:
                     delivered[classes] = delivered.get(classes, 0) + whole
+            # A pattern that several sessions share is searched once per event (EventFilters.passes).
+            memos: List[Optional[Dict[Any, bool]]] = [None] * len(entries) if others else []
             for session in others:
-                for classes, data in entries:
+                filters = session.filters
+                for index, (classes, data) in enumerate(entries):
                     if session.closed:
                         break
                     if session.receives & classes != classes:
                         continue
-                    if session.filters is not None and not session.filters.passes(data):
-                        continue
+                    if filters is not None:
+                        memo = memos[index]
+                        if memo is None:
+                            memo = memos[index] = {}
+                        if not filters.passes(data, memo):
+                            continue
                     if self.deliver(session, data):
                         delivered[classes] = delivered.get(classes, 0) + 1
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import ami_server
 from ami_server.filters import MAX_PATTERN_LENGTH, EventFilters, FilterPattern, compile_filter
@@ -144,3 +146,35 @@ write = []
         process.wait(timeout=10)
         process.stdout.close()
         process.stderr.close()
+
+
+def test_identical_filters_share_one_pattern_searched_once_per_event_d_8_18():
+    """A fleet of sessions with the same Filter costs one search per event, not one per session."""
+    from ami_server.filters import EventFilters
+
+    first, second = compile_filter("UserEvent: ben[c]h"), compile_filter("UserEvent: ben[c]h")
+    assert first is second
+    calls = []
+    original = first.matches
+    object.__setattr__(first, "matches", lambda data: calls.append(data) or original(data))
+    try:
+        sessions = []
+        for _ in range(5):
+            filters = EventFilters()
+            filters.add(first, include=True)
+            sessions.append(filters)
+        event = b"Event: UserEvent\r\nPrivilege: user,all\r\nUserEvent: bench\r\n\r\n"
+        memo: dict = {}
+        assert all(f.passes(event, memo) for f in sessions)
+        assert len(calls) == 1
+        assert sessions[0].passes(b"Event: UserEvent\r\nUserEvent: other\r\n\r\n") is False
+    finally:
+        object.__setattr__(first, "matches", original)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["a+b", "^Event: [A-Z]", "x$", "(foo|bar)baz", "\\d{2,3}", "[^\\r]*Z"]),
+       st.binary(max_size=200))
+def test_the_delivery_matcher_agrees_with_search(pattern, data):
+    compiled = compile_filter(pattern)
+    assert compiled.matches(data) == (compiled.search(data) is not None)
