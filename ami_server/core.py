@@ -261,6 +261,11 @@ class SessionCore:
                 run.deferred._cancel()
         session.current = None
         session.link.close()
+        # Unsent bytes can never be sent now: free them at once (a cut-off slow consumer holds up to
+        # output_queue_limit), whatever still refers to the session.
+        session.out = bytearray()
+        session.pending.clear()
+        session.pending_bytes = 0
         session.state = CLOSING
         session.changed()
         if not session.opened:
