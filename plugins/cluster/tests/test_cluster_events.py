@@ -138,7 +138,7 @@ def test_events_beyond_retention_are_counted_as_lost(tmp_path):
             total = 1500
             for n in range(1, total + 1):  # one at a time: mostly one stream entry each
                 pub.action("UserEvent", {"UserEvent": "Tick", "From": "a", "N": str(n)})
-            wait_for(lambda: a.redis.client().xlen("ami:cluster:events") < 600, "the stream to be trimmed")
+            wait_for(lambda: a.redis.client().xlen("ami:cluster:events:" + a.name) < 600, "the stream to be trimmed")
         finally:
             b.process.send_signal(signal.SIGCONT)
         # Every event is either delivered (once, in order) or counted as lost.
