@@ -44,6 +44,7 @@ def reload(server: "Server", new: Optional[Config] = None) -> Tuple[bool, str]:
             ("plugins.disable", old.plugins.disable, new.plugins.disable),
             ("plugins.required", old.plugins.required, new.plugins.required),
             ("logging", old.logging, new.logging),
+            ("server.reuse_port", old.server.reuse_port, new.server.reuse_port),
         ) if before != after
     ]
     # -- commit: nothing below can fail -------------------------------
@@ -82,12 +83,13 @@ def _rebind(old: Config, new: Config) -> Dict[str, Optional["socket.socket"]]:
     changes: Dict[str, Optional["socket.socket"]] = {}
     try:
         if (old.server.host, old.server.port) != (new.server.host, new.server.port):
-            changes["TCP"] = listen(new.server.host, new.server.port, "server", new.source)
+            changes["TCP"] = listen(new.server.host, new.server.port, "server", new.source, new.server.reuse_port)
         old_tls, new_tls = old.server.tls, new.server.tls
         old_where = (old_tls.host, old_tls.port) if old_tls else None
         new_where = (new_tls.host, new_tls.port) if new_tls else None
         if old_where != new_where:
-            changes["TLS"] = None if new_tls is None else listen(new_tls.host, new_tls.port, "server.tls", new.source)
+            changes["TLS"] = None if new_tls is None else listen(
+                new_tls.host, new_tls.port, "server.tls", new.source, new.server.reuse_port)
     except ListenError:
         for sock in changes.values():
             if sock is not None:
