@@ -291,13 +291,14 @@ class RedisLink:
                     client = make_client(config, config.redis_timeout + BLOCK_MS / 1000)
                     if start is None:
                         seconds, micros = client.time()
-                        start = f"{max(0, seconds * 1000 + micros // 1000 - 1)}-0"
-                        others = self._scan(client)
-                        for stream in others:  # what they published before we came is not ours
+                        begin = f"{max(0, seconds * 1000 + micros // 1000 - 1)}-0"
+                        found = self._scan(client)
+                        for stream in found:  # what they published before we came is not ours
                             cursors[stream] = self._last_id(client, stream)
                             confirmed.add(stream)
                         cursors[control] = self._last_id(client, control)
                         confirmed.add(control)
+                        others, start = found, begin
                         scan_at = time.monotonic() + SCAN_SECONDS
                     else:
                         reset = self._check_reset(client, cursors, confirmed, control) or reset
@@ -307,7 +308,7 @@ class RedisLink:
                 if time.monotonic() >= scan_at:
                     others = self._scan(client)
                     for stream in others:
-                        cursors.setdefault(stream, start)
+                        cursors.setdefault(stream, start or "0-0")
                     scan_at = time.monotonic() + SCAN_SECONDS
             except (redis.RedisError, OSError) as exc:
                 if client is not None:
