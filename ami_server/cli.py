@@ -13,7 +13,7 @@ from .audit import Redactor, make_logger
 from .config import Config, ConfigError, check_sample_secrets, load_config, plaintext_exposure_warnings
 from .reload import secrets_of
 from .server import Server, ServerError
-from .supervisor import Supervisor, workers_problem
+from .supervisor import Supervisor, die_with_parent, workers_problem
 
 __all__ = ["main"]
 
@@ -43,6 +43,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv and argv[0] in COMMANDS:
         return COMMANDS[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
+    if args.worker is not None:
+        die_with_parent()
     try:
         config = load_config(args.config)
         check_sample_secrets(config)

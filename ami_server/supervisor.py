@@ -21,6 +21,7 @@ supervisor itself is killed, the kernel sends each worker SIGTERM (Linux
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from .config import Config
 
-__all__ = ["Supervisor", "workers_problem"]
+__all__ = ["Supervisor", "die_with_parent", "workers_problem"]
 
 #: A worker that exits with status 1 this soon after its start failed to start: the supervisor gives up.
 START_GRACE = 5.0
@@ -92,7 +93,6 @@ class Supervisor:
         self._stop_signal: Optional[int] = None
         self._reload = False
         self._gave_up = False
-        self._pdeathsig = _pdeathsig_setter()
 
     def _command(self, index: int) -> List[str]:
         return [sys.executable, "-m", "ami_server.cli", "--config", self.config_path, "--worker", str(index)]
@@ -138,9 +138,7 @@ class Supervisor:
     def _spawn(self, worker: _Worker) -> None:
         worker.restart_at = None
         try:
-            worker.process = subprocess.Popen(
-                self.command(worker.index), stdin=subprocess.DEVNULL, preexec_fn=self._pdeathsig,
-            )
+            worker.process = subprocess.Popen(self.command(worker.index), stdin=subprocess.DEVNULL)
         except OSError as exc:
             self.log.error("WorkerStartFailed", worker=worker.index, error=f"{type(exc).__name__}: {exc}")
             self._gave_up = True
@@ -199,17 +197,18 @@ class Supervisor:
         self.log.info("WorkersStopped", statuses=statuses)
 
 
-def _pdeathsig_setter() -> Optional[Callable[[], None]]:
-    """A ``preexec_fn`` that has the kernel SIGTERM the worker when the supervisor dies (Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        return None
+def die_with_parent() -> None:
+    """In a worker, before anything else: have the kernel SIGTERM us when the supervisor dies (Linux).
 
-    def set_pdeathsig() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-
-    return set_pdeathsig
+    Done by the worker itself rather than between fork and exec, where the
+    supervisor's log writer thread would make any Python code unsafe. If the
+    supervisor is already gone, the worker stops at once.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() == 1:  # adopted by init: the supervisor died before the line above
+        sys.exit(0)
