@@ -122,7 +122,8 @@ def test_workers_share_a_port_restart_reload_and_stop(tmp_path):
             client.close()
 
         # A killed worker is restarted under the same index; the others keep serving.
-        pids = {r["worker"]: r["pid"] for r in _records(log) if r.get("event") == "WorkerStarted"}
+        pids = _wait(lambda: (lambda found: found if len(found) == 2 else None)(
+            {r["worker"]: r["pid"] for r in _records(log) if r.get("event") == "WorkerStarted"}), "the worker pids")
         os.kill(pids[0], signal.SIGKILL)
         _wait(lambda: [r for r in _records(log) if r.get("event") == "WorkerExited" and r["worker"] == 0],
               "the supervisor to see the death")
