@@ -151,27 +151,33 @@ class AuditLogger(structlog.BoundLoggerBase):
         logger.info(event_dict)
 
 
-def make_logger(sink: LogSink, level: str = "info", fmt: str = "json", redactor: Optional[Redactor] = None) -> Any:
+def make_logger(
+    sink: LogSink, level: str = "info", fmt: str = "json", redactor: Optional[Redactor] = None,
+    context: Optional[Dict[str, Any]] = None,
+) -> Any:
     """Build this server's bound logger: level filter, timestamp, redaction, renderer.
 
     ``fmt`` is ``json`` (one JSON object per line) or ``console`` (readable,
     for a terminal). Exceptions are rendered into the record, then scrubbed.
+    ``context`` is in every record (``worker`` when several processes share
+    one log file).
     """
     return structlog.wrap_logger(
         sink,
         processors=_processors(fmt, redactor or Redactor()),
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         cache_logger_on_first_use=True,
-    ).bind()
+    ).bind(**(context or {}))
 
 
 def make_audit_logger(
-    sink: LogSink, level: str = "info", fmt: str = "json", redactor: Optional[Redactor] = None
+    sink: LogSink, level: str = "info", fmt: str = "json", redactor: Optional[Redactor] = None,
+    context: Optional[Dict[str, Any]] = None,
 ) -> AuditLogger:
     """The audit trail beside :func:`make_logger`'s logger: same sink, chain and redactor; records marked ``audit``."""
     redactor = redactor or Redactor()
     processors = _processors(fmt, redactor)
-    audit = AuditLogger(sink, processors, {"audit": True})
+    audit = AuditLogger(sink, processors, {"audit": True, **(context or {})})
     audit.enabled = _LEVELS[level] <= logging.INFO
     audit.threshold = _LEVELS[level]
     audit._redactor = redactor

@@ -9,8 +9,11 @@ import sys
 from typing import Callable, Dict, List, Optional
 
 from ._version import __version__
+from .audit import Redactor, make_logger
 from .config import Config, ConfigError, check_sample_secrets, load_config, plaintext_exposure_warnings
+from .reload import secrets_of
 from .server import Server, ServerError
+from .supervisor import Supervisor, die_with_parent, workers_problem
 
 __all__ = ["main"]
 
@@ -28,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="validate the configuration and the plugins, then exit 0 (valid) or 1")
     parser.add_argument("--strict", action="store_true",
                         help="with --check-config: exit 1 on warnings too (unknown plugin names, ports in use)")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="run N server processes on one port ([server] reuse_port = true), "
+                        "supervised; join them with the cluster plugin")
+    # Set by the supervisor for each worker it starts: the worker's index.
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"ami-server {__version__}")
     return parser
 
@@ -37,19 +45,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv and argv[0] in COMMANDS:
         return COMMANDS[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
+    if args.worker is not None:
+        die_with_parent()
     try:
         config = load_config(args.config)
         check_sample_secrets(config)
     except ConfigError as exc:
         print(f"ami-server: configuration error: {exc}", file=sys.stderr)
         return 1
+    if args.workers is not None:
+        problem = workers_problem(config, args.workers)
+        if problem is not None:
+            print(f"ami-server: configuration error: {problem}", file=sys.stderr)
+            return 1
     warnings = plaintext_exposure_warnings(config)
     if args.check_config:
         for text in warnings:
             print(f"ami-server: warning: {text}", file=sys.stderr)
         return _check(config, args.config, args.strict)
+    if args.workers is not None:
+        return _supervise(config, args.config, args.workers)
     try:
-        server = Server(config)
+        server = Server(config, worker=args.worker)
     except ServerError as exc:
         print(f"ami-server: {exc}", file=sys.stderr)
         return 1
@@ -75,6 +92,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         signal.signal(signal.SIGHUP, reload)
     server.serve_forever()
     return 0
+
+
+def _supervise(config: Config, path: str, count: int) -> int:
+    """``--workers N``: the supervisor logs where the workers do, with ``supervisor: true``."""
+    try:
+        sink, fmt = Server._sink(config, None)
+    except ServerError as exc:
+        print(f"ami-server: {exc}", file=sys.stderr)
+        return 1
+    log = make_logger(sink, config.logging.level, fmt, Redactor(secrets_of(config)), {"supervisor": True})
+    supervisor = Supervisor(path, count, log)
+    supervisor.install_signals()
+    try:
+        return supervisor.run()
+    finally:
+        sink.close()
 
 
 def _check(config, path: str, strict: bool = False) -> int:

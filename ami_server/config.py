@@ -88,6 +88,7 @@ class ServerSettings:
     worker_threads: int = 8
     worker_queue_limit: int = 256
     require_tls_for_plaintext: bool = False
+    reuse_port: bool = False
     tls: Optional[TLSSettings] = None
 
 
@@ -281,6 +282,7 @@ def _server(reader: _Reader, base: Optional[Path] = None) -> ServerSettings:
         worker_threads=reader.int("worker_threads", defaults.worker_threads, 1, 1024),
         worker_queue_limit=reader.int("worker_queue_limit", defaults.worker_queue_limit, 1, 1_000_000),
         require_tls_for_plaintext=bool(reader.bool("require_tls_for_plaintext", False)),
+        reuse_port=bool(reader.bool("reuse_port", False)),
         tls=tls,
     )
     for name in ("asterisk_version", "system_name"):

@@ -72,8 +72,14 @@ class ListenError(Exception):
     """A listener could not be opened; the message names the address and the config key."""
 
 
-def listen(host: str, port: int, key: str, source: str) -> socket.socket:
-    """A bound, listening, non-blocking socket; ``source`` and ``key`` name the config file and key in errors."""
+def listen(host: str, port: int, key: str, source: str, reuse_port: bool = False) -> socket.socket:
+    """A bound, listening, non-blocking socket; ``source`` and ``key`` name the config file and key in errors.
+
+    ``reuse_port`` sets ``SO_REUSEPORT`` so that several worker processes can
+    listen on one port; the kernel then spreads new connections over them.
+    """
+    if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+        raise ListenError(f"{source}: server.reuse_port: SO_REUSEPORT is not available on this platform")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -82,6 +88,8 @@ def listen(host: str, port: int, key: str, source: str) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(sockaddr)
         sock.listen(512)
     except OSError as exc:

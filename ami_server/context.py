@@ -136,6 +136,15 @@ class ServerHandle:
         self._host.publish(event)
 
     @property
+    def worker(self) -> Optional[int]:
+        """This process's index under ``ami-server --workers N``, or ``None`` for a single process.
+
+        A plugin that names its process to others (a cluster node) makes the
+        name unique per worker with it.
+        """
+        return getattr(self._host, "worker", None)
+
+    @property
     def plugin_config(self) -> Mapping[str, Any]:
         """This plugin's ``[plugins.<name>]`` table in force (empty if absent; a reload replaces it)."""
         return self._host.config.plugins.tables.get(self._plugin, {})

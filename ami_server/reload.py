@@ -55,6 +55,7 @@ def restart_required(running: Config, new: Config) -> List[str]:
             ("plugins.required", running.plugins.required, new.plugins.required),
             ("logging", logging_of(running), logging_of(new)),
             ("http", running.http, new.http),
+            ("server.reuse_port", running.server.reuse_port, new.server.reuse_port),
         ) if before != after
     ]
 
@@ -108,12 +109,13 @@ def _rebind(old: Config, new: Config) -> Dict[str, Optional["socket.socket"]]:
     changes: Dict[str, Optional["socket.socket"]] = {}
     try:
         if (old.server.host, old.server.port) != (new.server.host, new.server.port):
-            changes["TCP"] = listen(new.server.host, new.server.port, "server", new.source)
+            changes["TCP"] = listen(new.server.host, new.server.port, "server", new.source, new.server.reuse_port)
         old_tls, new_tls = old.server.tls, new.server.tls
         old_where = (old_tls.host, old_tls.port) if old_tls else None
         new_where = (new_tls.host, new_tls.port) if new_tls else None
         if old_where != new_where:
-            changes["TLS"] = None if new_tls is None else listen(new_tls.host, new_tls.port, "server.tls", new.source)
+            changes["TLS"] = None if new_tls is None else listen(
+                new_tls.host, new_tls.port, "server.tls", new.source, new.server.reuse_port)
     except ListenError:
         for sock in changes.values():
             if sock is not None:

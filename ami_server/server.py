@@ -72,6 +72,7 @@ class Server:
         entry_points: Optional[Iterable[Any]] = None,
         extra_plugins: Sequence[Tuple[str, Any]] = (),
         loop: Optional[Loop] = None,
+        worker: Optional[int] = None,
     ) -> None:
         self.config = config
         #: The configuration the process started with: what a reload cannot change is compared with it.
@@ -79,6 +80,8 @@ class Server:
         #: Plugins' health checks and metrics; the [http] endpoint (None: off).
         self.ops = OpsRegistry()
         self.http: Optional[OpsEndpoint] = None
+        #: This process's index under ``ami-server --workers N`` (``None``: a single process).
+        self.worker = worker
         self.loop = loop or Loop()
         self.loop.on_error = self._loop_error
         self.manager = plugin_manager or create_plugin_manager()
@@ -87,8 +90,9 @@ class Server:
         self._own_sink = log_sink is None
         self.log_sink, fmt = self._sink(config, log_sink)
         self.redactor = Redactor(secrets_of(config))
-        self.log = make_logger(self.log_sink, config.logging.level, fmt, self.redactor)
-        audit_log = make_audit_logger(self.log_sink, config.logging.level, fmt, self.redactor)
+        context = {"worker": worker} if worker is not None else None
+        self.log = make_logger(self.log_sink, config.logging.level, fmt, self.redactor, context)
+        audit_log = make_audit_logger(self.log_sink, config.logging.level, fmt, self.redactor, context)
         self.plugins: List[PluginRecord] = []
         self.actions = ActionRegistry()
         self.listeners: Dict[str, Listener] = {}
@@ -196,10 +200,11 @@ class Server:
         self.load()
         settings = self.config.server
         try:
-            self.replace_listener("TCP", listen(settings.host, settings.port, "server", self.config.source))
+            self.replace_listener("TCP", listen(settings.host, settings.port, "server", self.config.source,
+                                                settings.reuse_port))
             if settings.tls is not None:
                 self.replace_listener("TLS", listen(settings.tls.host, settings.tls.port, "server.tls",
-                                                    self.config.source))
+                                                    self.config.source, settings.reuse_port))
             self.http = start_http(self)
         except (ListenError, OpsStartError) as exc:
             self._close_listeners()

@@ -1,6 +1,6 @@
 """Cluster benchmark: cross-node fan-out through Redis, and local fan-out with the Redis bus on and off.
 
-    python bench/cluster.py [--events 3000] [--rounds 3] [--rate 2000]
+    python bench/cluster.py [--events 3000] [--rounds 3] [--rate 2000] [--baseline-python PATH]
 
 Needs ``redis-server`` on the PATH, the cluster plugin installed
 (``pip install ./plugins/cluster``) and a C compiler for the local
@@ -15,6 +15,11 @@ nothing about times.
   and remote (B) deliveries; the difference is what the Redis hop adds.
 - local fan-out: ``loadgen fanout`` (100 subscribers, 32 in flight) against
   one node with the cluster plugin enabled (Redis up) and disabled.
+
+``--baseline-python`` names the interpreter of another installation (an
+earlier version of ami-server and the plugin): its cross-node and
+bus-enabled runs are interleaved with this one's in the same rounds, so
+that before and after share the machine's conditions.
 """
 
 from __future__ import annotations
@@ -69,13 +74,14 @@ def connect(port: int, events: str) -> socket.socket:
     return sock
 
 
-def cross_node(redis_port: int, base: Path, events: int, rate: float, subscribers: int = 100) -> Dict:
+def cross_node(redis_port: int, base: Path, events: int, rate: float, subscribers: int = 100,
+               python: str = sys.executable) -> Dict:
     """One run: publisher on A, subscribers split over A and B."""
     nodes = []
     for name in ("a", "b"):
         directory = base / f"node-{name}-{time.monotonic_ns()}"
         directory.mkdir()
-        nodes.append(Server("ami-server", directory, cluster_table(redis_port, f"bench-{name}")))
+        nodes.append(Server("ami-server", directory, cluster_table(redis_port, f"bench-{name}"), python))
     try:
         time.sleep(1.0)  # both nodes reach Redis
         subs = [(connect(nodes[i % 2].port, "user"), "local" if i % 2 == 0 else "remote") for i in range(subscribers)]
@@ -155,11 +161,12 @@ def cross_node(redis_port: int, base: Path, events: int, rate: float, subscriber
             node.stop()
 
 
-def local_fanout(loadgen: Path, redis_port: int, base: Path, enabled: bool, events: int) -> Dict:
+def local_fanout(loadgen: Path, redis_port: int, base: Path, enabled: bool, events: int,
+                 python: str = sys.executable) -> Dict:
     directory = base / f"local-{enabled}-{time.monotonic_ns()}"
     directory.mkdir()
     extra = cluster_table(redis_port, "bench-local") if enabled else ""
-    server = Server("ami-server", directory, extra)
+    server = Server("ami-server", directory, extra, python)
     try:
         time.sleep(0.5)
         return run_loadgen(loadgen, server, "fanout", 100, 32, events, "bench", "bench-secret", 120)
@@ -173,18 +180,25 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000.0, help="cross-node publications per second")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--baseline-python", help="interpreter of an earlier installation, measured alongside")
     args = parser.parse_args()
     base = workdir()
     redis_proc = start_redis(base)
     loadgen = build_loadgen()
-    results: Dict[str, List[Dict]] = {"cross": [], "local_on": [], "local_off": []}
+    results: Dict[str, List[Dict]] = {"cross": [], "local_on": [], "local_off": [], "base_cross": [], "base_on": []}
+    port = redis_proc.port  # type: ignore[attr-defined]
     try:
         for round_ in range(args.rounds):
-            results["cross"].append(cross_node(redis_proc.port, base, args.events, args.rate))  # type: ignore[attr-defined]
-            order = (True, False) if round_ % 2 == 0 else (False, True)
-            for enabled in order:
-                figures = local_fanout(loadgen, redis_proc.port, base, enabled, args.events * 10)  # type: ignore[attr-defined]
-                results["local_on" if enabled else "local_off"].append(figures)
+            results["cross"].append(cross_node(port, base, args.events, args.rate))
+            if args.baseline_python:
+                results["base_cross"].append(cross_node(port, base, args.events, args.rate, python=args.baseline_python))
+            runs = [("local_on", True, sys.executable), ("local_off", False, sys.executable)]
+            if args.baseline_python:
+                runs.append(("base_on", True, args.baseline_python))
+            if round_ % 2:
+                runs.reverse()
+            for key, enabled, python in runs:
+                results[key].append(local_fanout(loadgen, port, base, enabled, args.events * 10, python))
     finally:
         redis_proc.terminate()
         redis_proc.wait(10)
@@ -200,6 +214,16 @@ def main() -> None:
     off = median([r["rate"] for r in results["local_off"]])
     print(f"local fan-out N=100 (loadgen): bus disabled {off:,.0f} events/s, enabled {on:,.0f} events/s, "
           f"ratio {on / off:.2f}")
+    if args.baseline_python:
+        cross = results["base_cross"]
+        print(f"baseline ({args.baseline_python}), same rounds:")
+        for key in ("delivered_per_s", "lost", "local_p50_ms", "local_p99_ms", "remote_p50_ms", "remote_p99_ms"):
+            print(f"  {key}: {median([r[key] for r in cross]):.2f}")
+        print(f"  added p50 ms: {median([r['remote_p50_ms'] - r['local_p50_ms'] for r in cross]):.2f}")
+        print(f"  added p99 ms: {median([r['remote_p99_ms'] - r['local_p99_ms'] for r in cross]):.2f}")
+        base_on = median([r["rate"] for r in results["base_on"]])
+        print(f"  local fan-out N=100, bus enabled: {base_on:,.0f} events/s, ratio to the same bus-disabled runs "
+              f"{base_on / off:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -59,7 +59,7 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30.0) -
 class Server:
     """A server process under test: ami-server (default audit settings) or the minimal one."""
 
-    def __init__(self, kind: str, workdir: Path, extra_config: str = "") -> None:
+    def __init__(self, kind: str, workdir: Path, extra_config: str = "", python: str = sys.executable) -> None:
         self.kind = kind
         self.port = free_port()
         self.log_path = workdir / f"{kind}.log"
@@ -69,7 +69,7 @@ class Server:
                 f'[server]\nhost = "127.0.0.1"\nport = {self.port}\n{extra_config}\n'
                 f'[users.{USER}]\nsecret = "{SECRET}"\nread = "all"\nwrite = "all"\n'
             )
-            command = [sys.executable, "-m", "ami_server.cli", "--config", str(config)]
+            command = [python, "-m", "ami_server.cli", "--config", str(config)]
         else:
             command = [sys.executable, str(BENCH / "minimal_server.py"), str(self.port)]
         self.log = open(self.log_path, "w")

@@ -49,7 +49,16 @@ class ClusterConfig:
 
     @property
     def events_stream(self) -> str:
-        return f"{self.prefix}:events"
+        """This node's own event stream: only it writes there, only the others read it."""
+        return self.events_stream_of(self.node)
+
+    def events_stream_of(self, node: str) -> str:
+        return f"{self.prefix}:events:{node}"
+
+    @property
+    def streams_key(self) -> str:
+        """The sorted set of nodes that publish, scored by their last registration (Redis's clock)."""
+        return f"{self.prefix}:streams"
 
     def control_stream(self, node: str) -> str:
         return f"{self.prefix}:ctl:{node}"
@@ -132,8 +141,15 @@ def _password(table: Mapping[str, Any], environ: Mapping[str, str]) -> Optional[
     return None
 
 
-def parse_config(table: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None) -> ClusterConfig:
-    """Validate ``[plugins.cluster]``; raise :class:`ClusterConfigError` naming the key."""
+def parse_config(
+    table: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None, worker: Optional[int] = None
+) -> ClusterConfig:
+    """Validate ``[plugins.cluster]``; raise :class:`ClusterConfigError` naming the key.
+
+    ``worker`` is the index of this process under ``ami-server --workers N``:
+    each worker is its own node, ``<node>-<worker>`` (``<host>-<worker>`` by
+    default), a name that stays the same when the worker is restarted.
+    """
     environ = os.environ if environ is None else environ
     known = set(ClusterConfig.__dataclass_fields__) - {"password"} | {"password_env", "password_file", "password"}
     for key in table:
@@ -153,7 +169,10 @@ def parse_config(table: Mapping[str, Any], environ: Optional[Mapping[str, str]] 
         raise _err("redis_url", "must not contain a password: use password_env or password_file")
     if parts.path not in ("", "/") and not parts.path[1:].isdigit():
         raise _err("redis_url", "the path must be a database number")
-    node = _str(table, "node", "") or f"{socket.gethostname()}-{os.getpid()}"
+    node = _str(table, "node", "")
+    if worker is not None:
+        node = f"{node or socket.gethostname()}-{worker}"
+    node = node or f"{socket.gethostname()}-{os.getpid()}"
     if not _NAME.match(node):
         raise _err("node", "must be 1 to 64 letters, digits, '.', ':', '-' or '_'")
     prefix = _str(table, "prefix", "ami:cluster")

@@ -7,6 +7,14 @@ thread blocks in ``XREAD`` on its own connection and hands each batch to
 the loop, holding at most ``inbound_batches`` batches in flight, so a
 slow loop slows reading instead of growing memory. Either thread losing
 Redis only makes it reconnect with back-off: the loop keeps serving.
+
+Each node writes its own stream (``<prefix>:events:<node>``) and reads the
+other nodes' streams with one ``XREAD`` over several keys, so it never
+reads (and skips) its own entries: with one shared stream every node paid
+for parsing every publication of its own under the GIL beside the loop.
+The writer registers its node in ``<prefix>:streams`` (scored by Redis's
+clock) before its first entry and every minute; the reader looks the set
+up every second to find new nodes.
 """
 
 from __future__ import annotations
@@ -14,10 +22,11 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 from urllib.parse import urlsplit
 
 import redis
@@ -36,6 +45,23 @@ BLOCK_MS = 500
 WRITE_BATCH = 256
 #: Control messages kept per node's control stream.
 CONTROL_MAXLEN = 1000
+#: How often the writer renews its node's registration, and the reader looks for new nodes (s).
+REGISTER_SECONDS = 60.0
+SCAN_SECONDS = 1.0
+#: A node not registered for this long is forgotten by the readers (its stream is left alone).
+STREAM_IDLE_SECONDS = 86400
+#: Register this node's stream under Redis's clock (a node may publish before its first heartbeat).
+_REGISTER = """
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[1], tonumber(t[1]), ARGV[1])
+return 1
+"""
+#: The publishing nodes, after forgetting those silent for longer than ARGV[1] seconds.
+_SCAN = """
+local t = redis.call('TIME')
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(t[1]) - tonumber(ARGV[1]))
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
 _FAILURES = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
@@ -151,6 +177,7 @@ class RedisLink:
         pending: Optional[Tuple[int, List[Event]]] = None
         delay = 0.05
         up = False
+        register_at = 0.0
         while True:
             stopping = self._stop.is_set()
             if not stopping:
@@ -172,10 +199,14 @@ class RedisLink:
                     self._wake.set()
                     continue
                 delay = 0.05
+                register_at = 0.0  # Redis may have lost the registry: register before the next entry
                 if not up:
                     up = True
                     self._report("writer", True, "")
             try:
+                if time.monotonic() >= register_at:
+                    client.eval(_REGISTER, 1, self.config.streams_key, self.node)
+                    register_at = time.monotonic() + REGISTER_SECONDS
                 self._run_commands(client)
                 while pending is not None or self.outgoing:
                     if pending is None:
@@ -188,7 +219,7 @@ class RedisLink:
                     pending = None
                     if self._commands:
                         self._run_commands(client)
-            except _FAILURES as exc:
+            except (redis.RedisError, OSError) as exc:
                 # Not known whether the entry arrived: it is sent again, receivers drop repeats.
                 client = None
                 up = False
@@ -244,73 +275,113 @@ class RedisLink:
     def _read_loop(self) -> None:
         config = self.config
         client: Optional[redis.Redis] = None
+        control = config.control_stream(self.node)
         cursors: Dict[str, str] = {}
-        streams = (config.events_stream, config.control_stream(self.node))
+        #: Streams whose cursor is an id Redis gave for them (a lower last id then means Redis lost them).
+        confirmed: Set[str] = set()
+        #: Redis's time when this reader first connected: where streams of nodes found later are read from.
+        start: Optional[str] = None
+        others: List[str] = []
+        scan_at = 0.0
         delay = 0.05
+        reset = False  # until a batch has told the loop
         while not self._stop.is_set():
-            reset = False
-            if client is None:
-                try:
+            try:
+                if client is None:
                     client = make_client(config, config.redis_timeout + BLOCK_MS / 1000)
-                    reset = self._position(client, streams, cursors)
-                except (redis.RedisError, OSError) as exc:
-                    client = None
-                    if self._stop.wait(delay):
-                        return
-                    delay = min(delay * 2, 2.0) * (0.8 + 0.4 * random.random())
-                    continue
-                delay = 0.05
-                self._report("reader", True, "")
+                    if start is None:
+                        seconds, micros = client.time()
+                        begin = f"{max(0, seconds * 1000 + micros // 1000 - 1)}-0"
+                        found = self._scan(client)
+                        for stream in found:  # what they published before we came is not ours
+                            cursors[stream] = self._last_id(client, stream)
+                            confirmed.add(stream)
+                        cursors[control] = self._last_id(client, control)
+                        confirmed.add(control)
+                        others, start = found, begin
+                        scan_at = time.monotonic() + SCAN_SECONDS
+                    else:
+                        reset = self._check_reset(client, cursors, confirmed, control) or reset
+                        scan_at = 0.0
+                    delay = 0.05
+                    self._report("reader", True, "")
+                if time.monotonic() >= scan_at:
+                    others = self._scan(client)
+                    for stream in others:
+                        cursors.setdefault(stream, start or "0-0")
+                    scan_at = time.monotonic() + SCAN_SECONDS
+            except (redis.RedisError, OSError) as exc:
+                if client is not None:
+                    self._report("reader", False, _describe(exc))
+                client = None
+                if self._stop.wait(delay):
+                    return
+                delay = min(delay * 2, 2.0) * (0.8 + 0.4 * random.random())
+                continue
             if not self._slots.acquire(timeout=0.5):
                 continue  # the loop has not taken the earlier batches yet
+            streams = {control: cursors[control]}
+            for stream in others:
+                streams[stream] = cursors[stream]
             try:
-                reply = client.xread({s: cursors[s] for s in streams}, count=config.read_count, block=BLOCK_MS)
+                reply = client.xread(streams, count=config.read_count, block=BLOCK_MS)
             except (redis.RedisError, OSError) as exc:
                 self._slots.release()
                 client = None
                 self._report("reader", False, _describe(exc))
                 continue
-            batch = self._decode(reply or (), cursors, streams[0], reset)
+            batch = self._decode(reply or (), cursors, control, reset)
+            if reply:
+                confirmed.update(name.decode() if isinstance(name, bytes) else name for name, _ in reply)
             if batch is None:
                 self._slots.release()
                 continue
+            reset = False
             self._hand_batch(batch)
 
-    def _position(self, client: "redis.Redis", streams: Tuple[str, ...], cursors: Dict[str, str]) -> bool:
-        """Where to read from after a (re)connect; True if Redis lost the stream we were reading.
+    def _scan(self, client: "redis.Redis") -> List[str]:
+        """The other publishing nodes' event streams, in a stable order."""
+        config = self.config
+        names = client.eval(_SCAN, 1, config.streams_key, str(STREAM_IDLE_SECONDS))
+        nodes = sorted(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+        return [config.events_stream_of(n) for n in nodes if n != self.node]
 
-        At the first connect: the streams' current ends (earlier events are not
-        ours). After a reconnect: where we stopped, unless the stream's last id is
-        now lower (Redis restarted without its data): then from its start.
+    @staticmethod
+    def _last_id(client: "redis.Redis", stream: str) -> str:
+        try:
+            last = client.xinfo_stream(stream)["last-generated-id"]
+        except redis.ResponseError:
+            return "0-0"  # no such stream yet
+        return last.decode() if isinstance(last, bytes) else str(last)
+
+    def _check_reset(self, client: "redis.Redis", cursors: Dict[str, str], confirmed: Set[str], control: str) -> bool:
+        """After a reconnect: True if Redis lost an event stream we were reading (restart without data).
+
+        Such a stream's last id is now lower than where we stopped: it is read
+        again from its start. Cursors not confirmed by Redis (streams found
+        after our start that had nothing new yet) are left: new ids are higher.
         """
         reset = False
-        for stream in streams:
-            try:
-                last = client.xinfo_stream(stream)["last-generated-id"]
-            except redis.ResponseError:
-                last = b"0-0"  # no such stream yet
-            if stream not in cursors:
-                cursors[stream] = last.decode() if isinstance(last, bytes) else str(last)
-            elif stream_id(last) < stream_id(cursors[stream]):
+        for stream in list(confirmed):
+            if stream_id(self._last_id(client, stream)) < stream_id(cursors[stream]):
                 cursors[stream] = "0-0"
-                reset = reset or stream == streams[0]
+                reset = reset or stream != control
         return reset
 
     def _decode(
-        self, reply: Any, cursors: Dict[str, str], events_stream: str, reset: bool
+        self, reply: Any, cursors: Dict[str, str], control_stream: str, reset: bool
     ) -> Optional[Inbound]:
         events: List[Event] = []
         lost: Dict[str, int] = {}
         control: List[Dict[str, Any]] = []
         seen = self._seen
-        me = (self.node, self.incarnation)
         for name, entries in reply:
             stream = name.decode() if isinstance(name, bytes) else name
             if not entries:
                 continue
             last_id = entries[-1][0]
             cursors[stream] = last_id.decode() if isinstance(last_id, bytes) else str(last_id)
-            if stream != events_stream:
+            if stream == control_stream:
                 for _, fields in entries:
                     try:
                         control.append({k.decode(): v.decode() for k, v in fields.items()})
@@ -324,8 +395,6 @@ class RedisLink:
                     count = int(fields[b"k"])
                 except (KeyError, ValueError, UnicodeDecodeError):
                     continue
-                if publisher == me:
-                    continue  # delivered here when it was published
                 last = first + count - 1
                 previous = seen.get(publisher)
                 skip = 0

@@ -27,7 +27,7 @@ class ClusterPlugin:
 
     @hookimpl
     def register_actions(self, server: ServerHandle) -> List[Any]:
-        config = parse_config(server.plugin_config)
+        config = parse_config(server.plugin_config, worker=server.worker)
         if not config.enabled:
             return []
         node = self.node = ClusterNode(server, config)

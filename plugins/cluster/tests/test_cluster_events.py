@@ -138,7 +138,7 @@ def test_events_beyond_retention_are_counted_as_lost(tmp_path):
             total = 1500
             for n in range(1, total + 1):  # one at a time: mostly one stream entry each
                 pub.action("UserEvent", {"UserEvent": "Tick", "From": "a", "N": str(n)})
-            wait_for(lambda: a.redis.client().xlen("ami:cluster:events") < 600, "the stream to be trimmed")
+            wait_for(lambda: a.redis.client().xlen("ami:cluster:events:" + a.name) < 600, "the stream to be trimmed")
         finally:
             b.process.send_signal(signal.SIGCONT)
         # Every event is either delivered (once, in order) or counted as lost.
@@ -177,3 +177,31 @@ def test_publications_beyond_the_bound_are_dropped_and_audited(tmp_path):
         assert [int(e["N"]) for e in received] == list(range(200 - count))
         watcher.close()
         pub.close()
+
+
+def test_each_node_writes_its_own_stream_and_a_node_that_joins_is_heard(tmp_path):
+    """Per-node streams: a node found after the readers started is read from when they started."""
+    with cluster(tmp_path, 2) as (a, b):
+        watchers = []
+        for node in (a, b):
+            client = node.client()
+            client.login("admin", "adminpass", events="user")
+            watchers.append(client)
+        late = NodeProcess(tmp_path, "nodec", a.redis).start()
+        try:
+            pub = late.client()
+            pub.login("admin", "adminpass", events="off")
+            for n in range(20):  # at once: the others have not looked the new node up yet
+                pub.send("UserEvent", {"UserEvent": "Tick", "From": late.name, "N": str(n)})
+            for watcher in watchers:
+                assert [int(e["N"]) for e in user_events(watcher, 20)] == list(range(20))
+            redis_client = a.redis.client()
+            keys = {k.decode() for k in redis_client.keys("ami:cluster:*")}
+            assert "ami:cluster:events:nodec" in keys and "ami:cluster:events" not in keys
+            members = {m.decode() for m in redis_client.zrange("ami:cluster:streams", 0, -1)}
+            assert members == {a.name, b.name, late.name}
+            pub.close()
+        finally:
+            late.stop()
+        for watcher in watchers:
+            watcher.close()
