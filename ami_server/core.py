@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set
 
 from .outbox import Outbox
 from .security import new_session_id
-from .session import AUTHENTICATED, CLOSING, Link, Session
+from .session import AUTHENTICATED, CLOSING, Link, Pipeline, Session
 from .session_audit import SessionAudit
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -161,7 +161,9 @@ class SessionCore:
 
         At most ``MESSAGES_PER_TURN`` messages of one session are handled per
         loop turn; the rest wait for the next turn, so one client pipelining
-        hundreds of requests cannot delay everyone else's replies.
+        hundreds of requests cannot delay everyone else's replies. While
+        only concurrent replies are outstanding (a :class:`Pipeline`) the
+        next messages are dispatched behind them, until one may not run yet.
         """
         limit = self.outbox.limit
         exhausted = False
@@ -170,7 +172,10 @@ class SessionCore:
         dispatch = self.dispatcher.dispatch
         out = session.out
         # A closed session is CLOSING too (close), so one state test covers both.
-        while session.current is None and session.state != CLOSING:
+        while session.state != CLOSING:
+            current = session.current
+            if current is not None and (current.__class__ is not Pipeline or current.parked):
+                break  # one action at a time (R-2.9)
             if len(out) > limit:
                 session.output_paused = True  # output_sent resumes once the output drained (Q-7.7)
                 break
@@ -184,14 +189,17 @@ class SessionCore:
             if message is None:
                 exhausted = True
                 break
-            dispatch(session, message)
+            if current is None:
+                dispatch(session, message)
+            else:
+                self.dispatcher.dispatch_behind(session, current, message)
         self.input_settled(session, exhausted)
 
     def input_settled(self, session: Session, exhausted: bool) -> None:
         """After dispatching: ``exhausted`` when every buffered message was taken."""
         if session.closed:
             return
-        if session.eof and exhausted:
+        if session.eof and exhausted and session.current is None:
             # P-1.17: every complete message was answered; a partial one is dropped.
             self.close_after_flush(session, "peer closed")
             return
@@ -255,10 +263,7 @@ class SessionCore:
                 timer.cancel()
         run = session.current
         if run is not None:
-            if run.timer is not None:
-                run.timer.cancel()
-            if run.deferred is not None:
-                run.deferred._cancel()
+            run.cancel()  # every outstanding run of a Pipeline too: late replies are dropped
         session.current = None
         session.link.close()
         # Unsent bytes can never be sent now: free them at once (a cut-off slow consumer holds up to

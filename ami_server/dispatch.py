@@ -14,7 +14,7 @@ import traceback
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 
 from .context import ActionContext
-from .protocol import Message, ReplyRenderer, ascii_lower, encode, render_block, render_reply, render_response
+from .protocol import Message, ReplyRenderer, ascii_lower, encode, render_reply, render_response
 from .records import (
     Action,
     ActionError,
@@ -26,7 +26,8 @@ from .records import (
     TimerHandle,
     wall_timestamp,
 )
-from .session import AUTHENTICATED, CLOSING, ActionRun, Session
+from .concurrent_replies import ConcurrentReplies
+from .session import AUTHENTICATED, CLOSING, ActionRun, Pipeline, Session
 from .workers import Outcome
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -184,6 +185,8 @@ class Dispatcher:
         self._replies = ReplyRenderer()
         #: ``observe(name, result, started)`` per answered or denied action (metrics; None: off).
         self.observe: Optional[Callable[[str, str, float], None]] = None
+        #: Replies of ``concurrent`` actions, kept in request order.
+        self.concurrent = ConcurrentReplies(self)
 
     def dispatch(self, session: Session, message: Message) -> None:
         """R-2.8: the first step that answers ends it."""
@@ -221,9 +224,7 @@ class Dispatcher:
         if entry is None and self.router is not None and session.state == AUTHENTICATED:
             entry = self.router
         if entry is None:
-            self.audit.security(session, "RequestBadFormat", extra=(("RequestType", _cut(f"Action: {name}", 63)),))
-            text = f"Invalid/unknown command: {name}. Use Action: ListCommands to show available commands."
-            write(session, render_response("Error", action_id, _cut(text, 511)))
+            write(session, self.unknown(session, name, action_id))
             return
         action = entry.action
         privileges = action.privileges
@@ -255,6 +256,32 @@ class Dispatcher:
         else:
             self.handle_result(session, run, result)
 
+    def dispatch_behind(self, session: Session, pipeline: Pipeline, message: Message) -> None:
+        """Dispatch ``message`` while concurrent replies are outstanding (see :mod:`.concurrent_replies`)."""
+        self.concurrent.dispatch(session, pipeline, message)
+
+    def unknown(self, session: Session, name: str, action_id: str) -> bytes:
+        """R-2.8 step 4: audit ``RequestBadFormat`` and render the error for an unregistered action."""
+        self.audit.security(session, "RequestBadFormat", extra=(("RequestType", _cut(f"Action: {name}", 63)),))
+        text = f"Invalid/unknown command: {name}. Use Action: ListCommands to show available commands."
+        return render_response("Error", action_id, _cut(text, 511))
+
+    def new_run(self, session: Session, name: str, action_id: str, started: float,
+                entry: "RegisteredAction", audit: bool) -> ActionRun:
+        """A run that is also its context's backend (see :class:`_Run`)."""
+        run = _Run(name, action_id, started, entry, audit)
+        run.dispatcher = self
+        run.session = session
+        return run
+
+    def lookup(self, session: Session, name: str) -> Optional["RegisteredAction"]:
+        """The registered action called ``name`` (case-insensitively), else the router for a logged-in session."""
+        registry = self.registry
+        entry = registry.by_spelling.get(name) or registry.by_name.get(ascii_lower(name))
+        if entry is None and self.router is not None and session.state == AUTHENTICATED:
+            entry = self.router
+        return entry
+
     def handle_result(self, session: Session, run: ActionRun, result: Any) -> None:
         if isinstance(result, Response):
             self.finish(session, run, result)
@@ -268,6 +295,11 @@ class Dispatcher:
             run.deferred = result
             if run.timer is None and run.wait_reply is None and not session.state == CLOSING:
                 run.timer = self.loop.call_later(self._timeout(run), lambda: self._timed_out(session, run))
+            if run.entry is not None and run.entry.action.concurrent and session.current is run:
+                # The session goes on with its next requests while this reply is outstanding.
+                session.current = Pipeline(run)
+                result._bind(lambda response: self.concurrent.resolve(session, run, response))
+                return
             result._bind(lambda response: self.resolve_threadsafe(session, run, response))
         else:
             self.handler_failed(
@@ -318,7 +350,10 @@ class Dispatcher:
 
     def complete(self, session: Session, run: ActionRun, response: Any) -> None:
         """A deferred reply arrived on the loop: write it unless it is stale."""
-        if session.closed or session.current is not run:
+        if session.closed:
+            return
+        if session.current is not run:
+            self.concurrent.complete(session, run, response)  # one of several outstanding, or stale
             return
         if run.deferred is not None:
             run.deferred._cancel()
@@ -332,7 +367,10 @@ class Dispatcher:
             self.core.resume_soon(session)
 
     def _timed_out(self, session: Session, run: ActionRun) -> None:
-        if session.closed or session.current is not run:
+        if session.closed:
+            return
+        if session.current is not run:
+            self.concurrent.timed_out(session, run)
             return
         timeout = self._timeout(run)
         self.log.warning("ActionTimedOut", action=run.name, session=session.session_id, timeout=timeout)
@@ -342,12 +380,16 @@ class Dispatcher:
         self.core.resume_soon(session)
 
     def handler_failed(self, session: Session, run: ActionRun, exc: BaseException) -> None:
+        self.log_failure(session, run, exc)
+        self.finish(session, run, Response.error("Internal error"))
+
+    def log_failure(self, session: Session, run: ActionRun, exc: BaseException) -> None:
+        """R-2.12: a handler raised or answered something invalid; the client gets ``Internal error``."""
         plugin = run.entry.plugin if run.entry else "core"
         self.log.error(
             "ActionFailed", action=run.name, plugin=plugin, session=session.session_id,
             error=repr(exc), traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
         )
-        self.finish(session, run, Response.error("Internal error"))
 
     def finish(self, session: Session, run: ActionRun, response: Response) -> None:
         """Write a complete reply, then the events queued meanwhile (R-2.9, R-2.10)."""
@@ -384,13 +426,7 @@ class Dispatcher:
             self._start_stream(session, run, response)
             return
         try:
-            parts = [render_response(response.status, action_id, response.message, response.headers, response.list_start)]
-            for block in response.blocks:
-                parts.append(render_block(block.name, block.headers, action_id if block.with_action_id else ""))
-            completion = b""
-            if response.completion is not None:
-                block = response.completion
-                completion = render_block(block.name, block.headers, action_id if block.with_action_id else "")
+            parts, completion = response.render_parts(action_id)
         except Exception as exc:  # noqa: BLE001 - an invalid reply is an internal error
             if response.status == "Error" and response.message == "Internal error":
                 raise
@@ -413,8 +449,7 @@ class Dispatcher:
         """Write the response line now and the items a slice per turn; the run stays current,
         so events are held and later requests wait as for any reply (R-2.9, R-2.10)."""
         try:
-            head = render_response(response.status, run.action_id, response.message, response.headers,
-                                   response.list_start)
+            head = response.render_head(run.action_id)
         except Exception as exc:  # noqa: BLE001 - an invalid reply is an internal error
             self.handler_failed(session, run, exc)
             return
@@ -434,11 +469,10 @@ class Dispatcher:
         end = min(start + LIST_SLICE, len(blocks))
         action_id = run.action_id
         try:
-            parts = [render_block(b.name, b.headers, action_id if b.with_action_id else "") for b in blocks[start:end]]
+            parts = [block.render(action_id) for block in blocks[start:end]]
             completion = b""
             if end == len(blocks) and response.completion is not None:
-                block = response.completion
-                completion = render_block(block.name, block.headers, action_id if block.with_action_id else "")
+                completion = response.completion.render(action_id)
         except Exception as exc:  # noqa: BLE001 - half a list was sent: the session cannot go on
             self.log.error("ActionFailed", action=run.name, session=session.session_id, error=repr(exc),
                            traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
@@ -474,9 +508,14 @@ class Dispatcher:
             self.observe(entry.action.name if entry is not None else "other", "denied", 0.0)
         self.audit.record("ActionDenied", self.audit.who(session), action=name, action_id=action_id, **fields)
         if response is None:
-            self.outbox.write(session, render_response("Error", action_id, "Permission denied"))
+            data = render_response("Error", action_id, "Permission denied")
         else:
-            self.outbox.write(session, render_reply(response.status, action_id, response.message, response.headers))
+            data = render_reply(response.status, action_id, response.message, response.headers)
+        current = session.current
+        if current is not None and current.__class__ is Pipeline:
+            self.concurrent.write(session, current, data)  # after the replies still outstanding (R-2.9)
+        else:
+            self.outbox.write(session, data)
 
     def denial(self, info: SessionInfo, name: str, request: Optional[Message]) -> Optional[Tuple[str, Optional[Response]]]:
         """The first guard's refusal of ``name`` for this session: ``(rule, response)``, or None."""

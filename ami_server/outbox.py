@@ -7,6 +7,11 @@ session that receives them writes, starts or ends an action, or changes
 (:meth:`Outbox.settle`) -- so that a burst reaches each recipient as one
 append, and never after something written later.
 
+A session with concurrent replies outstanding (``session.current`` is a
+:class:`~ami_server.session.Pipeline`) counts as running an action here:
+its events are held and written after the next reply written, the oldest
+outstanding one (:mod:`ami_server.concurrent_replies`).
+
 The output limit has two meanings, both here: a session whose unsent
 output exceeds it stops being dispatched until it drains (Q-7.7,
 :meth:`Outbox.paused`), and an event that would take it past the limit

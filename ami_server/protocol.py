@@ -19,6 +19,7 @@ __all__ = [
     "encode",
     "render_block",
     "render_reply",
+    "render_verbatim",
     "ReplyRenderer",
     "render_response",
     "clean",
@@ -179,7 +180,7 @@ class Parser:
 
     def feed(self, data: bytes) -> None:
         """Append received bytes."""
-        if self._pos and self._pos == len(self._buf):
+        if self._pos and self._pos == len(self._buf) and not self._ahead:
             self._buf.clear()
             self._pos = 0
         self._buf += data
@@ -192,7 +193,10 @@ class Parser:
         kept. Anything else is buffered as :meth:`feed` does and ``None`` is
         returned: take the messages with :meth:`next_message`.
         """
-        if self._pos == len(self._buf) and not self._lines and not self._too_long and not self._too_many:
+        if (
+            self._pos == len(self._buf) and not self._lines and not self._too_long and not self._too_many
+            and not self._ahead
+        ):
             end = len(data) - 4
             if (
                 0 < end < MAX_LINE - 2  # no line can be too long (P-1.6)
@@ -214,7 +218,17 @@ class Parser:
     @property
     def has_input(self) -> bool:
         """True if any byte arrived that is not part of an already returned message."""
-        return self.buffered > 0 or bool(self._lines) or self._too_long or self._too_many
+        return self.buffered > 0 or bool(self._lines) or self._too_long or self._too_many or bool(self._ahead)
+
+    def unread(self, message: Message) -> None:
+        """Put back the message :meth:`next_message` just returned: it is handed out again first.
+
+        For a request that may not run yet (behind concurrent replies); its
+        bytes are already consumed, so the position to resume from is kept.
+        """
+        if not self._ahead:
+            self._ahead_end = self._pos
+        self._ahead.append(message)
 
     def next_message(self) -> Optional[Message]:
         """Return the next complete message, or ``None`` until more input arrives."""
@@ -411,6 +425,30 @@ class ReplyRenderer:
         else:
             self.last = key
         return render_reply(status, action_id, message, pairs, list_start)
+
+
+def render_verbatim(lines: Tuple[Tuple[str, str], ...], action_id: str, required: bool) -> bytes:
+    """Render ``name:rest`` lines as given, the first ``ActionID`` line holding ``action_id``.
+
+    ``rest`` is the text after the colon as another server wrote it (with
+    or without a space). The ``ActionID`` line stays where it was, holding
+    the request's ActionID, and goes when the request had none; with no such
+    line, ``required`` (a response, R-2.2) puts one second. ``lines`` are
+    checked: no CR or LF anywhere (:meth:`Response.verbatim`).
+    """
+    out = []
+    placed = False
+    for name, rest in lines:
+        if not placed and ascii_lower(name) == "actionid":
+            placed = True
+            if action_id:
+                out.append(f"{name}: {clean(action_id)}\r\n")
+            continue
+        out.append(f"{name}:{rest}\r\n")
+    if not placed and required and action_id:
+        out.insert(1, f"ActionID: {clean(action_id)}\r\n")
+    out.append("\r\n")
+    return encode("".join(out))
 
 
 def render_block(name: str, headers: Headers = (), action_id: str = "") -> bytes:

@@ -17,6 +17,7 @@ from typing import (
     Any,
     Callable,
     Iterable,
+    List,
     Mapping,
     Optional,
     Sequence,
@@ -25,7 +26,7 @@ from typing import (
 )
 
 from .privileges import ClassListError, mask_of
-from .protocol import ascii_lower
+from .protocol import ascii_lower, render_block, render_response
 
 if TYPE_CHECKING:  # pragma: no cover
     from .context import ActionContext
@@ -168,6 +169,16 @@ class Block:
         _check_name(self.name, "block name")
         object.__setattr__(self, "headers", _pairs(self.headers, f"block {self.name!r}"))
 
+    def render(self, action_id: str) -> bytes:
+        """The block as written in a reply to a request with ``action_id``."""
+        return render_block(self.name, self.headers, action_id if self.with_action_id else "")
+
+    @classmethod
+    def verbatim(cls, lines: Sequence[Tuple[str, str]]) -> "Block":
+        """A block written as another server wrote it: ``(name, rest)`` lines, ``Event`` first
+        (see :mod:`ami_server.verbatim`); none is given an ActionID line it lacked."""
+        return _VerbatimBlock(lines)
+
 
 _STATUSES = frozenset(("Success", "Error", "Goodbye"))
 
@@ -226,6 +237,26 @@ class Response:
         fields["list_start"] = list_start
         fields["events_before_completion"] = events_before_completion
         fields["close"] = close
+
+    def render_head(self, action_id: str) -> bytes:
+        """The response block (R-2.1) for a request with ``action_id``, without items or completion."""
+        return render_response(self.status, action_id, self.message, self.headers, self.list_start)
+
+    def render_parts(self, action_id: str) -> Tuple[List[bytes], bytes]:
+        """The response block and the item blocks, and the completion block (``b""`` if none)."""
+        parts = [self.render_head(action_id)]
+        for block in self.blocks:
+            parts.append(block.render(action_id))
+        completion = self.completion.render(action_id) if self.completion is not None else b""
+        return parts, completion
+
+    @classmethod
+    def verbatim(
+        cls, lines: Sequence[Tuple[str, str]], blocks: Sequence[Block] = (), completion: Optional[Block] = None,
+    ) -> "Response":
+        """A reply written as another server wrote it (a gateway passing one on): ``(name, rest)``
+        lines, ``Response`` first with any status token (see :mod:`ami_server.verbatim`)."""
+        return _VerbatimResponse(lines, blocks, completion)
 
     @classmethod
     def success(cls, message: Optional[str] = None, headers: HeadersLike = ()) -> "Response":
@@ -394,6 +425,11 @@ class Action:
     session-control capability as ``ctx.control``; other actions do not.
     ``timeout`` replaces ``[server] action_timeout`` for this action's
     deferred or blocking replies (a synchronous Originate waits longer).
+    A ``concurrent`` action's deferred reply does not hold up the session:
+    the server runs the session's following concurrent requests while it
+    is outstanding and still writes the replies in request order (for an
+    action that forwards to a server answering in order: a gateway). It
+    cannot be ``blocking`` or ``control``.
     """
 
     name: str
@@ -404,6 +440,7 @@ class Action:
     blocking: bool = False
     control: bool = False
     timeout: Optional[float] = None
+    concurrent: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _ACTION_NAME_RE.match(self.name):
@@ -419,6 +456,8 @@ class Action:
             or "\n" in self.synopsis
         ):
             raise ValueError(f"action {self.name!r}: synopsis must be one non-empty line")
+        if self.concurrent and (self.blocking or self.control):
+            raise ValueError(f"action {self.name!r}: a concurrent action cannot be blocking or control")
         if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and 0 < self.timeout <= 86400):
             raise ValueError(f"action {self.name!r}: timeout must be a number of seconds in (0, 86400]")
         try:
@@ -435,11 +474,14 @@ def action(
     read_only: bool = False,
     blocking: bool = False,
     control: bool = False,
+    timeout: Optional[float] = None,
+    concurrent: bool = False,
 ) -> Callable[[Handler], Action]:
     """Decorator: turn a handler function into an :class:`Action` record."""
 
     def wrap(handler: Handler) -> Action:
-        return Action(name, handler, synopsis, privileges, read_only=read_only, blocking=blocking, control=control)
+        return Action(name, handler, synopsis, privileges, read_only=read_only, blocking=blocking, control=control,
+                      timeout=timeout, concurrent=concurrent)
 
     return wrap
 
@@ -579,3 +621,6 @@ class Deferred:
                 return False
             self._done = True
             return True
+
+
+from .verbatim import _VerbatimBlock, _VerbatimResponse  # noqa: E402 - they subclass Block and Response

@@ -7,7 +7,8 @@ the small :class:`Link` interface.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, List, Mapping, Optional
+from collections import deque
+from typing import TYPE_CHECKING, Any, Deque, Dict, List, Mapping, Optional, Tuple, Union
 
 from .acl import ip_of
 from .filters import EventFilters
@@ -19,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .audit import AuditFields
     from .plugins import RegisteredAction
 
-__all__ = ["Session", "ActionRun", "EventFilters", "Link", "PREAUTH", "AUTHENTICATED", "CLOSING"]
+__all__ = ["Session", "ActionRun", "Pipeline", "EventFilters", "Link", "PREAUTH", "AUTHENTICATED", "CLOSING"]
 
 PREAUTH = "PREAUTH"
 AUTHENTICATED = "AUTHENTICATED"
@@ -58,6 +59,49 @@ class ActionRun:
         self.wait_reply: Optional[Response] = None
         #: A long list reply being written a slice per loop turn (see Dispatcher.finish).
         self.stream: Any = None
+
+    def cancel(self) -> None:
+        """The session closed: no timeout, and a late reply is refused."""
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.deferred is not None:
+            self.deferred._cancel()
+
+
+#: A reply rendered and waiting for its turn: (parts, completion, response).
+Rendered = Tuple[List[bytes], bytes, Response]
+
+
+class Pipeline(ActionRun):
+    """The replies a session owes while ``concurrent`` actions run, in request order (R-2.9).
+
+    Set as ``session.current`` while any is outstanding, so that everything
+    that asks "does an action run?" (held events, shutdown, end of input)
+    sees one; the core still dispatches the session's next requests, but
+    only concurrent actions run: any other request is put back (``parked``)
+    until every earlier reply is written. ``order`` holds, in request order,
+    the runs (their rendered reply in ``replies``, ``None`` until it came)
+    and the rendered error replies of requests that never ran a handler.
+    """
+
+    __slots__ = ("order", "replies", "parked")
+
+    def __init__(self, first: ActionRun) -> None:
+        super().__init__("(concurrent replies)", "", 0.0, None, False)
+        self.order: Deque[Union[ActionRun, bytes]] = deque((first,))
+        self.replies: Dict[ActionRun, Optional[Rendered]] = {first: None}
+        #: A request that may not run concurrently was put back into the parser.
+        self.parked = False
+
+    def pending(self, run: ActionRun) -> bool:
+        """``run`` belongs to this pipeline and its reply has not come yet."""
+        return run in self.replies and self.replies[run] is None
+
+    def cancel(self) -> None:
+        for run in self.replies:
+            run.cancel()
+        self.replies.clear()
+        self.order.clear()
 
 
 class Session:

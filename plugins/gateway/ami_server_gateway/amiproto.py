@@ -18,7 +18,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 __all__ = [
     "Broadcast", "Effect", "LoginFailed", "LoggedIn", "Reply", "ShutdownSeen", "UpMessage", "UpstreamSession",
-    "StreamParser", "build_request", "parse_listcommands",
+    "StreamParser", "build_request", "parse_listcommands", "raw_lines",
 ]
 
 Pairs = Tuple[Tuple[str, str], ...]
@@ -36,9 +36,14 @@ def _valid_name(name: str) -> bool:
 
 @dataclass(frozen=True)
 class UpMessage:
-    """One message from the upstream: its header pairs in wire order (repeats kept)."""
+    """One message from the upstream: its header pairs in wire order (repeats kept).
+
+    ``text`` is the message as received (lines joined by CRLF), for a reply
+    passed on byte for byte (:func:`raw_lines`).
+    """
 
     pairs: Pairs
+    text: str = field(default="", compare=False, repr=False)
 
     def get(self, name: str, default: Optional[str] = None) -> Optional[str]:
         key = name.lower()
@@ -66,6 +71,22 @@ def _split_message(text: str) -> Pairs:
             value = value[1:]
         pairs.append((name, value))
     return tuple(pairs)
+
+
+def raw_lines(message: UpMessage) -> Pairs:
+    """The message's header lines as ``(name, rest)``, ``rest`` as received after the colon.
+
+    The same lines as ``pairs`` (a line that is not a header is left out),
+    with their own spacing kept; made from ``pairs`` when no text was kept.
+    """
+    if not message.text:
+        return tuple((name, " " + value) for name, value in message.pairs)
+    out = []
+    for line in message.text.split("\r\n"):
+        name, sep, rest = line.partition(":")
+        if sep and _valid_name(name):
+            out.append((name, rest))
+    return tuple(out)
 
 
 class StreamParser:
@@ -98,7 +119,7 @@ class StreamParser:
             if chunk:
                 pairs = _split_message(chunk)
                 if pairs:
-                    out.append(UpMessage(pairs))
+                    out.append(UpMessage(pairs, chunk))
         return out
 
     @property

@@ -1,10 +1,11 @@
 """The gateway: forwards what no local plugin answers, applies the per-user policy.
 
-Wired through the public seams only: ``route_unknown`` (forwarding),
-``add_action_guard`` (policy, rate limit, the upstream's own classes),
-``add_event_guard`` (event allow/deny), ``add_action_lister`` (the upstream's
-actions in ListCommands), ``connect`` and ``publish`` (upstream sessions and
-their events).
+Wired through the public seams only: ``route_unknown`` (forwarding, as a
+``concurrent`` action), ``add_action_guard`` (policy, rate limit, the
+upstream's own classes), ``add_event_guard`` (event allow/deny),
+``add_action_lister`` (the upstream's actions in ListCommands), ``connect``
+and ``publish`` (upstream sessions and their events), ``log``,
+``add_secret`` and ``on_stop``.
 """
 
 from __future__ import annotations
@@ -20,49 +21,27 @@ from .config import GatewayConfig
 from .policy import ALWAYS_ALLOWED, Policy, RateLimiter, compile_policy
 from .upstream import Request, Upstream
 
-__all__ = ["Gateway", "Journal"]
+__all__ = ["Gateway"]
 
 _TRUE = frozenset({"yes", "true", "y", "t", "1", "on"})
 
 
-class Journal:
-    """The gateway's audit records, written to the server log.
+class _Line:
+    """One client's forwarded requests in flight, all on one upstream session (``target``).
 
-    The public API offers a logger only inside a request (``ctx.log``), so
-    records made before the first request are held (bounded) and written,
-    with the time they happened, once a request lends its logger.
+    An upstream session runs its actions one after another, so requests of
+    a client that go to the same session may be in flight together and
+    still run in the client's order. A request for another session (a pool
+    session, another upstream) waits in ``waiting`` until the client's
+    requests in flight are answered, and so does everything behind it.
     """
 
-    def __init__(self, server: Any) -> None:
-        self._log: Any = getattr(server, "log", None)
-        self._held: Deque[Tuple[str, Dict[str, Any]]] = deque(maxlen=256)
-        self.recent: Deque[Tuple[float, str, Dict[str, Any]]] = deque(maxlen=64)
+    __slots__ = ("target", "count", "waiting")
 
-    @property
-    def attached(self) -> bool:
-        return self._log is not None
-
-    def attach(self, log: Any) -> None:
-        if self._log is not None:
-            return
-        for method in ("try_unbind", "unbind"):
-            try:
-                log = getattr(log, method)("action", "session")
-                break
-            except (AttributeError, KeyError):
-                continue
-        self._log = log
-        while self._held:
-            event, fields = self._held.popleft()
-            self._log.info(event, **fields)
-
-    def record(self, event: str, **fields: Any) -> None:
-        fields["at"] = round(time.time(), 6)
-        self.recent.append((fields["at"], event, dict(fields)))
-        if self._log is not None:
-            self._log.info(event, **fields)
-        else:
-            self._held.append((event, fields))
+    def __init__(self) -> None:
+        self.target: Any = None
+        self.count = 0
+        self.waiting: Deque[Tuple[Upstream, Request, Any]] = deque()
 
 
 class Gateway:
@@ -72,7 +51,7 @@ class Gateway:
         self.server = server
         self.config = config
         self.instance = secrets.token_hex(3)
-        self.journal = Journal(server)
+        self.log = server.log
         self.rates = RateLimiter()
         self.upstreams: Dict[str, Upstream] = {name: Upstream(c, self) for name, c in config.upstreams.items()}
         self._policies: Dict[int, Tuple[Any, Policy]] = {}
@@ -81,14 +60,21 @@ class Gateway:
         self._extra: Dict[str, Tuple[Tuple[str, str], ...]] = {
             name: ((config.event_header, name),) if config.event_header else () for name in self.upstreams
         }
+        #: Each client's requests in flight, by session id (kept until the session closes).
+        self._lines: Dict[str, _Line] = {}
 
     # -- wiring --------------------------------------------------------------
     def register(self) -> List[Action]:
         server = self.server
+        for upstream in self.config.upstreams.values():
+            server.add_secret(upstream.secret.value())
+        # Concurrent: a client's pipelined requests are in flight together (see _Line), and
+        # the server writes their replies in request order.
         server.route_unknown(Action(
             "GatewayForward", self.route, "Forward an action to an upstream Asterisk.", (),
-            timeout=self.config.longest_timeout + 5.0,
+            timeout=self.config.longest_timeout + 5.0, concurrent=True,
         ))
+        server.on_stop(self.stop)
         server.add_action_guard(self.guard)
         server.add_event_guard(self.event_guard)
         server.add_action_lister(self.lister)
@@ -109,10 +95,12 @@ class Gateway:
 
     def state_change(self, event: str, headers: Sequence[Tuple[str, str]], **fields: Any) -> None:
         """An upstream changed state: one audit record and one ``system`` event."""
-        self.journal.record(event, **fields)
+        fields["at"] = round(time.time(), 6)
+        self.log.info(event, **fields)
         self.server.publish(Event(event, "system", tuple(headers)))
 
     def session_closed(self, session_id: str) -> None:
+        self._lines.pop(session_id, None)  # what waits is never sent
         for upstream in self.upstreams.values():
             upstream.client_closed(session_id)
 
@@ -168,9 +156,6 @@ class Gateway:
     # -- forwarding ------------------------------------------------------------
     def route(self, ctx: Any) -> Any:
         """Forward one action to the chosen upstream; the reply completes the deferred."""
-        journal = self.journal
-        if not journal.attached:
-            journal.attach(ctx.log)
         request = ctx.request
         name = self._upstream_name(self.policy(ctx.session), request)
         upstream = self.upstreams.get(name)
@@ -186,15 +171,53 @@ class Gateway:
         if lines is None:
             lines = [f"{h}: {v}" for h, v in request.headers()]
         deferred = ctx.defer()
-        forwarded = Request(deferred, request.action_id, ctx.session.session_id, lines, blocking, self._drop)
+        session_id = ctx.session.session_id
+        forwarded = Request(deferred, request.action_id, session_id, lines, blocking, self._drop)
+        # The upstream session it runs on: the main one, or a pool session of its own.
+        target: Any = forwarded if blocking and upstream.config.pool_size else upstream.main
+        line = self._lines.get(session_id)
+        if line is not None and line.count and (line.target is not target or line.waiting):
+            line.waiting.append((upstream, forwarded, target))
+            return deferred
         error = upstream.forward(forwarded)
         if error is not None:
             return Response.error(error)
+        if line is None:
+            line = self._lines[session_id] = _Line()
+        line.target = target
+        line.count += 1
         return deferred
 
+    def answered(self, request: Request) -> None:
+        """``request`` got its reply: once none of its client's is in flight, send what waits."""
+        line = self._lines.get(request.session_id)
+        if line is None or not line.count:
+            return
+        line.count -= 1
+        if not line.count and line.waiting:
+            # On the next turn: the upstream that answered may be failing every request it holds.
+            self.server.call_later(0, lambda: self._release(request.session_id, line))
+
+    def _release(self, session_id: str, line: _Line) -> None:
+        """Send the waiting requests that share the first one's upstream session."""
+        if self._lines.get(session_id) is not line or line.count:
+            return
+        while line.waiting:
+            upstream, forwarded, target = line.waiting[0]
+            if line.count and target is not line.target:
+                return
+            line.waiting.popleft()
+            deferred = forwarded.deferred
+            if deferred is None or deferred.done:
+                continue  # the client left, or the server answered it (timed out)
+            error = upstream.forward(forwarded)
+            if error is not None:
+                deferred.complete(Response.error(error))
+                continue
+            line.target = target
+            line.count += 1
+
     def status_action(self, ctx: Any) -> Response:
-        if not self.journal.attached:
-            self.journal.attach(ctx.log)
         items = []
         for upstream in self.upstreams.values():
             stats = upstream.stats

@@ -1,13 +1,13 @@
 """Upstream messages as ami-server's public records, so that they render as Asterisk sent them.
 
-A forwarded ``Response`` keeps every header in wire order (the server writes
-``Response:`` and the client's ``ActionID`` first, as Asterisk does); list
-items and completions become :class:`Block` records whose ActionID line is
-put back where the upstream had it (right after ``Event:`` for most lists,
-last for ``Status`` and the queue lists), carrying the client's ActionID or
-nothing. Events keep their headers; the server writes ``Event:`` and
-``Privilege:`` from the event's classes, which give the same text for every
-privilege list Asterisk writes.
+A forwarded reply is passed on byte for byte (``Response.verbatim`` and
+``Block.verbatim``): its status token, every line with its own spacing, in
+wire order, and the ActionID line where the upstream had it (right after
+``Response:`` or ``Event:`` for most, last for ``Status`` and the queue
+lists), the server putting the client's ActionID there (or leaving the line
+out when the client sent none). Events keep their headers; the server
+writes ``Event:`` and ``Privilege:`` from the event's classes, which give
+the same text for every privilege list Asterisk writes.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from typing import Dict, List, Optional, Tuple
 
 from ami_server import Block, Event, Response, parse_event_mask
 
-from .amiproto import Reply, UpMessage
+from .amiproto import Reply, UpMessage, raw_lines
 
 __all__ = ["to_response", "to_event", "classes_of"]
 
-_STATUS = {"success": "Success", "error": "Error", "goodbye": "Goodbye"}
 _CLASS_CACHE: Dict[str, int] = {}
 #: Classes of an upstream event whose Privilege line names none the server knows.
 FALLBACK_CLASSES = "system"
@@ -53,27 +52,14 @@ def _with_client_id(pairs, client_action_id: str) -> List[Tuple[str, str]]:
     return out
 
 
-def _block(message: UpMessage, client_action_id: str) -> Block:
-    pairs = message.pairs
-    return Block(pairs[0][1] or "Event", tuple(_with_client_id(pairs[1:], client_action_id)), with_action_id=False)
-
-
-def to_response(reply: Reply, client_action_id: str) -> Response:
-    """The client's reply: the upstream's response, items and completion, with its own ActionID."""
-    pairs = reply.response.pairs
-    status = _STATUS.get(pairs[0][1].strip().lower(), "Success")
-    headers = []
-    seen_id = False
-    for name, value in pairs[1:]:
-        if not seen_id and name.lower() == "actionid":
-            seen_id = True  # the server writes the client's own, right after Response:
-            continue
-        headers.append((name, value))
+def to_response(reply: Reply) -> Response:
+    """The client's reply, as the upstream wrote it; the server puts the client's ActionID in."""
+    head = raw_lines(reply.response)
     if reply.completion is None and not reply.items:
-        return Response(status, None, tuple(headers))
-    blocks = tuple(_block(item, client_action_id) for item in reply.items)
-    completion = _block(reply.completion, client_action_id) if reply.completion is not None else None
-    return Response(status, None, tuple(headers), blocks, completion)
+        return Response.verbatim(head)
+    blocks = tuple(Block.verbatim(raw_lines(item)) for item in reply.items)
+    completion = Block.verbatim(raw_lines(reply.completion)) if reply.completion is not None else None
+    return Response.verbatim(head, blocks, completion)
 
 
 def to_event(message: UpMessage, restored: Optional[str] = None, extra: Tuple[Tuple[str, str], ...] = ()) -> Event:

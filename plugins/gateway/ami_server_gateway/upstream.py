@@ -176,7 +176,7 @@ class Upstream:
             elif cls is Reply:
                 request = effect.token  # type: ignore[attr-defined]
                 try:
-                    response = to_response(effect, request.client_action_id)  # type: ignore[arg-type]
+                    response = to_response(effect)  # type: ignore[arg-type]
                 except ValueError:
                     response = Response.error(f"Upstream {self.name} sent a reply that cannot be passed on")
                 self.answer(request, response)
@@ -345,6 +345,7 @@ class Upstream:
             self.stats["Discarded"] += 1
         else:
             deferred.complete(response)
+        self.gateway.answered(request)
 
     def _idle(self, link: Link) -> None:
         link.busy = False

@@ -197,6 +197,9 @@ def test_reply_for_a_client_that_left_is_dropped_not_delivered() -> None:
         instance = "t"
         server = Server()
 
+        def answered(self, request):
+            pass
+
     config = parse_gateway_config({"upstreams": {"p": {"host": "h", "username": "u", "secret": "s"}}})
     upstream = Upstream(config.upstreams["p"], FakeGateway())
     kept, left = Deferred(), Deferred()

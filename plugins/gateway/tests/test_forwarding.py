@@ -201,3 +201,20 @@ def test_originate_response_carries_the_originator_action_id(gateway, double) ->
         originator.action("Originate", {"Async": "yes", "Channel": "Local/100@default", "Context": "default",
                                         "Exten": "100", "Priority": "1"})
         assert "ActionID" not in originator.wait_event("OriginateResponse")
+
+
+def test_odd_reply_forms_pass_through_byte_for_byte(gateway, double) -> None:
+    """Any Response token, a header without a space after the colon, ActionID not second."""
+
+    def handler(conn, pairs, action_id):
+        return (f"Response: Follows\r\nPrivilege: Command\r\nActionID: {action_id}\r\nOutput:no space\r\n"
+                f"Empty:\r\n\r\n").encode()
+
+    double.handlers["oddity"] = handler
+    with admin(gateway) as client:
+        client.send_raw(b"Action: Oddity\r\nActionID: mine\r\n\r\n")
+        want = b"Response: Follows\r\nPrivilege: Command\r\nActionID: mine\r\nOutput:no space\r\nEmpty:\r\n\r\n"
+        assert read_bytes(client, len(want)) == want
+        client.send_raw(b"Action: Oddity\r\n\r\n")
+        want = b"Response: Follows\r\nPrivilege: Command\r\nOutput:no space\r\nEmpty:\r\n\r\n"
+        assert read_bytes(client, len(want)) == want
