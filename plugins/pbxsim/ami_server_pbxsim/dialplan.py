@@ -71,7 +71,7 @@ class Interpreter:
             if delay is None:
                 continue
             if delay != FOREVER and not ch.gone:
-                ch.timer = self.later(delay, lambda: self._resume(ch))
+                ch.timer = self.later(delay, self._resume, ch)
             return
 
     def _resume(self: Any, ch: Channel) -> None:
@@ -165,13 +165,12 @@ class Interpreter:
         for name in _DIAL_VARS:
             self.setvar(caller, name, "")
         if tech.lower() == "local":
-            exten, _, context = resource.split("/", 1)[0].partition("@")
-            context = context or "default"
+            exten, context, device = self.local_target(resource)
             steps = self.config.lookup(exten, context)
             if steps is None:
                 self._dial_unavailable(run)
                 return
-            one, two = self.local_pair(exten, context, caller.linkedid)
+            one, two = self.local_pair(exten, context, caller.linkedid, device=device)
             run.callee = one
             one.dialed_by = run
             self.setvar(one, "DIALEDPEERNUMBER", resource)
@@ -189,7 +188,7 @@ class Interpreter:
             self.local_bridge(one, two)
             self.dial_event("DialBegin", caller, one, (("DialString", resource),))
             if timeout:
-                run.timer = self.later(timeout, lambda: self._dial_timeout(run))
+                run.timer = self.later(timeout, self._dial_timeout, run)
             self.run_pbx(two, steps, context, exten, 1)
             return
         endpoint = self.find_endpoint(tech, resource)
@@ -204,7 +203,7 @@ class Interpreter:
         callee.touch()
         self.dial_event("DialBegin", caller, callee, (("DialString", resource),))
         if timeout:
-            run.timer = self.later(timeout, lambda: self._dial_timeout(run))
+            run.timer = self.later(timeout, self._dial_timeout, run)
         self.ring_endpoint(callee, endpoint, self.ring.get(caller.linkedid))
 
     def _dial_unavailable(self: Any, run: DialRun) -> None:
@@ -215,7 +214,7 @@ class Interpreter:
 
     def _resume_soon(self: Any, ch: Channel) -> None:
         if not ch.gone:
-            ch.timer = self.later(0.0, lambda: self._resume(ch))
+            ch.timer = self.later(0.0, self._resume, ch)
 
     def _dial_timeout(self: Any, run: DialRun) -> None:
         run.timer = None
