@@ -7,10 +7,16 @@ Prints figures; asserts nothing about time. Two parts:
 2. ``server``: a real ami-server process with pbxsim; 100 subscriber sessions
    (read=all, events on) in a separate reader process; pbxsim traffic places
    inbound calls at a fixed rate (each: endpoint -> Dial(PJSIP/bob) -> bridge ->
-   hang-up, ~25 events). Reports call setups/s, events published and delivered/s,
-   loss (published x subscribers - delivered), and the server's CPU seconds.
+   hang-up, ~25 events). Reports the call setups/s achieved (calls the server
+   had started when the window closed), events published and delivered/s,
+   loss (published x subscribers - delivered), the lag (Ping round trips
+   during the window) and the server's CPU seconds.
+3. ``--find-max``: part 2 at each rate of ``--rates``; a rate is sustained
+   when every offered call started in its window, no delivery was lost and
+   no Ping took longer than ``--max-lag`` seconds.
 
     python bench/pbxsim.py [--rate 200] [--calls 2000] [--subscribers 100] [--concurrent 10000]
+    python bench/pbxsim.py --find-max [--rates 200,400,800] [--seconds 10]
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Dict, List
 
 
 def rss_kib() -> int:
@@ -106,7 +113,18 @@ def _action(sock: socket.socket, text: str, until: str = r"\r\n\r\n") -> str:
     return data.decode()
 
 
-def server(rate: float, calls: int, subscribers: int) -> None:
+def _ping_while(sock: socket.socket, until: float) -> List[float]:
+    """Ping round trips (seconds), one every 0.2 s until ``until``: how late the server's loop answers."""
+    rtts = []
+    while time.monotonic() < until:
+        sent = time.monotonic()
+        _action(sock, "Action: Ping\r\n\r\n")
+        rtts.append(time.monotonic() - sent)
+        time.sleep(max(0.0, min(0.2, until - time.monotonic())))
+    return rtts
+
+
+def server(rate: float, calls: int, subscribers: int) -> Dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="pbxsim-bench-"))
     log = tmp / "server.log"
     (tmp / "config.toml").write_text(f"""
@@ -169,7 +187,9 @@ total_calls = {calls}
         cpu0, wall0 = _cpu_seconds(proc.pid), time.monotonic()
         _action(driver, "Action: PBXSimStart\r\n\r\n")
         setup_window = calls / rate
-        time.sleep(setup_window)
+        rtts = _ping_while(driver, wall0 + setup_window)
+        stopped = _action(driver, "Action: PBXSimStop\r\n\r\n")
+        started = int(re.search(r"CallsStarted: (\d+)", stopped).group(1))
         setup_cpu = _cpu_seconds(proc.pid) - cpu0
         # let the last calls finish (ring 0.2 + answer + talk 1.0) and the output drain
         while True:
@@ -188,23 +208,50 @@ total_calls = {calls}
         reader.join(10)
         delivered = sum(counts)
         call_events = min(counts) if counts else 0
+        rtts.sort()
+        lost = max(counts) * len(counts) - delivered
         print(f"server: {calls} calls offered at {rate:g}/s to {subscribers} subscribers over {setup_window:.1f} s")
-        print(f"  call setups/s sustained: {calls / setup_window:.0f} (server CPU {setup_cpu / setup_window * 100:.0f}% "
-              f"of one core while placing calls)")
+        print(f"  call setups/s achieved: {started / setup_window:.0f} ({started} calls started in the window; "
+              f"server CPU {setup_cpu / setup_window * 100:.0f}% of one core while placing calls)")
+        print(f"  lag: Ping round trip during the window median {rtts[len(rtts) // 2] * 1000:.1f} ms, "
+              f"max {rtts[-1] * 1000:.1f} ms ({len(rtts)} pings)")
         print(f"  events published: {published} ({published / calls:.1f} per call, incl. the driver's status events)")
         print(f"  call+dialplan events delivered: {delivered} in {wall1 - wall0:.1f} s = "
               f"{delivered / (wall1 - wall0):,.0f}/s; per subscriber min {min(counts)} max {max(counts)}")
-        print(f"  loss: {max(counts) * len(counts) - delivered} deliveries short of the fullest subscriber; "
+        print(f"  loss: {lost} deliveries short of the fullest subscriber; "
               f"server EventsDropped {dropped.group(1) if dropped else '?'}, "
               f"slow-consumer disconnects {slow.group(1) if slow else '?'}")
         print(f"  server CPU: {cpu1 - cpu0:.1f} s over {wall1 - wall0:.1f} s wall")
         driver.close()
+        return {"rate": rate, "achieved": started / setup_window, "started": started, "calls": calls,
+                "lost": lost + int(dropped.group(1) if dropped else 0) + int(slow.group(1) if slow else 0),
+                "max_lag": rtts[-1], "median_lag": rtts[len(rtts) // 2], "cpu": setup_cpu / setup_window}
     finally:
         proc.terminate()
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def find_max(rates: List[float], seconds: float, subscribers: int, max_lag: float) -> None:
+    """Part 2 at rising rates; prints each run and the highest sustained rate."""
+    best = None
+    rows = []
+    for rate in rates:
+        result = server(rate, int(rate * seconds), subscribers)
+        ok = result["started"] >= result["calls"] and result["lost"] == 0 and result["max_lag"] <= max_lag
+        rows.append((result, ok))
+        if ok:
+            best = rate
+        else:
+            break
+    print(f"find-max: {subscribers} subscribers, {seconds:g} s per rate, lag limit {max_lag * 1000:.0f} ms")
+    for result, ok in rows:
+        print(f"  offered {result['rate']:6.0f}/s: achieved {result['achieved']:6.0f}/s, lost {result['lost']:.0f}, "
+              f"Ping median {result['median_lag'] * 1000:.1f} ms max {result['max_lag'] * 1000:.1f} ms, "
+              f"server CPU {result['cpu'] * 100:.0f}% -> {'sustained' if ok else 'NOT sustained'}")
+    print(f"  highest sustained rate: {best if best is not None else 'none'}")
 
 
 def main() -> None:
@@ -214,7 +261,14 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=100)
     parser.add_argument("--concurrent", type=int, default=10000)
     parser.add_argument("--only", choices=("memory", "server"))
+    parser.add_argument("--find-max", action="store_true")
+    parser.add_argument("--rates", default="200,400,600,800,1000,1200,1600")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--max-lag", type=float, default=0.1)
     args = parser.parse_args()
+    if args.find_max:
+        find_max([float(r) for r in args.rates.split(",")], args.seconds, args.subscribers, args.max_lag)
+        return
     if args.only != "server":
         memory(args.concurrent)
     if args.only != "memory":

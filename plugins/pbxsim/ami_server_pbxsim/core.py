@@ -97,6 +97,7 @@ class Simulator(Interpreter):
         self._deferred: List[Tuple[str, str, Headers]] = []
         self._hot: List[Channel] = []
         self.calls_processed = 0
+        self.live_calls = 0  # calls whose first channel (Uniqueid = Linkedid) is up
         self.talk: Dict[str, Tuple[float, int]] = {}   # linkedid -> (talk time, hangup cause) for traffic calls
         self.ring: Dict[str, float] = {}               # linkedid -> ring time for endpoints dialed by traffic
         # Records many calls share instead of each holding a copy (see docs/performance.md).
@@ -194,6 +195,8 @@ class Simulator(Interpreter):
         ch = Channel(name, uid, linkedid or uid, tech, device, state, context, exten,
                      self.monotonic() if created is None else created, language or self.config.language)
         self.channels[name] = ch
+        if ch.uniqueid == ch.linkedid:
+            self.live_calls += 1
         return ch
 
     def local_target(self, resource: str) -> Tuple[str, str, str]:
@@ -274,6 +277,7 @@ class Simulator(Interpreter):
                 ch.gone = True
                 self.chan_event("Hangup", ch, (("Cause", "0"), ("Cause-txt", "Unknown")))
                 self.channels.pop(ch.name, None)
+            self.live_calls -= 1
             self._deferred += [("DeviceStateChange", "call", (("Device", one.device), ("State", "INVALID")))] * 2
             return
         # Observed order: ;1's variables last-first, ;1's caller ID, then ;2's variables and caller ID.
@@ -514,6 +518,7 @@ class Simulator(Interpreter):
         self._device_state(ch, "NOT_INUSE")
         self.channels.pop(ch.name, None)
         if ch.uniqueid == ch.linkedid:
+            self.live_calls -= 1
             self.forget_call(ch.linkedid)
         if ch.origin is not None and not ch.origin.finished:
             self.finish_origin(ch.origin, False, 0, None)
