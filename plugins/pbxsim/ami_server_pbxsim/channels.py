@@ -55,7 +55,7 @@ class Channel:
         "conn_num", "conn_name", "language", "accountcode", "context", "exten", "priority",
         "_vars", "app", "appdata", "created", "peer", "half", "bridge", "program",
         "step", "timer", "hangup_cause", "gone", "in_pbx", "dial", "origin", "endpoint",
-        "dialed_by", "_block",
+        "dialed_by", "masqueraded", "_block",
     )
 
     def __init__(self, name: str, uniqueid: str, linkedid: str, tech: str, device: str, state: int,
@@ -92,6 +92,7 @@ class Channel:
         self.origin: Any = None                    # the originate request that created it
         self.endpoint: Any = None
         self.dialed_by: Any = None                 # the Dial that created it (callee side)
+        self.masqueraded = False                   # redirected out of an application into the dialplan
         self._block: Optional[Headers] = None
 
     @property

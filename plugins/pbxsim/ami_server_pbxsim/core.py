@@ -465,6 +465,10 @@ class Simulator(Interpreter):
             return
         peer.gone = True
         self._stop(peer)
+        status = x.variables.get("DIALSTATUS") if x.half == 2 else None
+        if status is not None:
+            # A ;2 that ran Dial hands its DIALSTATUS to ;1 as it goes (chan_local's local_hangup).
+            self.setvar(peer, "CHANLOCALSTATUS", status)
         self.chan_event("HangupRequest", peer, (("Cause", str(cause)),))
         if x.half == 2:
             self.pending_dial_failed(peer, x.hangup_cause or cause)
@@ -480,7 +484,8 @@ class Simulator(Interpreter):
             if peer.in_pbx:
                 self.chan_event("SoftHangupRequest", peer, (("Cause", "16"),))
                 self.flush()
-            self.leave_and_hangup(peer, cause)
+            # A masqueraded ;1 has lost the cause its ;2 hands over.
+            self.leave_and_hangup(peer, 0 if peer.masqueraded else cause)
 
     def _stop(self, ch: Channel) -> None:
         if ch.timer is not None:

@@ -142,16 +142,22 @@ class Interpreter:
     def redirect(self: Any, ch: Channel, context: str, exten: str, priority: int) -> None:
         """Move ``ch`` to ``exten@context``; a missing extension hangs it up (cause 0)."""
         self._stop(ch)
+        if not ch.in_pbx:
+            # Asterisk moves a channel out of an application by masquerading it into a new one.
+            ch.masqueraded = True
         if ch.bridge is not None and ch in ch.bridge.channels:
             partner = self.bridge_leave(ch)
             if partner is not None:
                 self.bridge_partner_left(partner)
         steps = self.config.lookup(exten, context)
         if steps is None or priority > len(steps):
-            ch.context, ch.exten, ch.priority = context, exten, priority
-            ch.touch()
+            def relocate() -> None:
+                # Asterisk's SoftHangupRequest still shows the old place; the Hangup shows the new one.
+                ch.context, ch.exten, ch.priority = context, exten, priority
+                ch.touch()
+
             ch.in_pbx = True
-            self.hangup(ch, 0)
+            self.hangup(ch, 0, between=relocate)
             return
         self.run_pbx(ch, steps, context, exten, priority)
 
@@ -263,6 +269,10 @@ class Interpreter:
         self.setvar(caller, "DIALSTATUS", "ANSWER")
         self.setvar(caller, "DIALEDPEERNAME", callee.name)
         self.setvar(caller, "DIALEDPEERNUMBER", run.dialstring)
+        if callee.tech == "Local":
+            # Asterisk's DialEnd already shows the answered ;1 with an empty Exten; its Newexten follows.
+            callee.exten = ""
+            callee.touch()
         self.dial_event("DialEnd", caller, callee, (("DialStatus", "ANSWER"),))
         if caller.state != UP:
             self.answer(caller)
@@ -271,8 +281,6 @@ class Interpreter:
         bridge = self.bridge_create()
         run.bridge = bridge
         if callee.tech == "Local":
-            callee.exten = ""
-            callee.touch()
             self.chan_event("Newexten", callee, (("Extension", ""), ("Application", "AppDial"),
                                                  ("AppData", "(Outgoing Line)")), "dialplan")
         self.bridge_enter(bridge, callee)
