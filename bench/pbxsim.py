@@ -44,7 +44,7 @@ def rss_kib() -> int:
     return 0
 
 
-def memory(concurrent: int) -> None:
+def memory(concurrent: int, traced: bool = False) -> None:
     from ami_server_pbxsim.channels import Originate
     from ami_server_pbxsim.testing import FakeClock
     from ami_server_pbxsim import Simulator, parse_config
@@ -53,6 +53,9 @@ def memory(concurrent: int) -> None:
     config = parse_config({"extensions": {"up@default": ["Answer", "Echo"]}})
     sim = Simulator(config, lambda n, c, h: None, clock.call_later, clock.monotonic, lambda: 1796224762.0)
     gc.collect()
+    if traced:
+        import tracemalloc
+        tracemalloc.start()
     before = rss_kib()
     started = time.perf_counter()
     for _ in range(concurrent):
@@ -62,6 +65,11 @@ def memory(concurrent: int) -> None:
     gc.collect()
     after = rss_kib()
     assert len(sim.channels) == 2 * concurrent
+    if traced:
+        current = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        print(f"memory: Python allocations held {current / concurrent:,.0f} B per call (tracemalloc; RSS below "
+              f"includes its overhead)")
     print(f"memory: {concurrent} concurrent calls ({2 * concurrent} channels): RSS +{(after - before) / 1024:.1f} MiB"
           f" = {(after - before) / 1024 / (concurrent / 1000):.2f} MiB per 1,000 calls;"
           f" core alone sets up {concurrent / elapsed:,.0f} calls/s (no subscribers, no sockets)")
@@ -261,6 +269,7 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=100)
     parser.add_argument("--concurrent", type=int, default=10000)
     parser.add_argument("--only", choices=("memory", "server"))
+    parser.add_argument("--tracemalloc", action="store_true", help="also count Python allocations per call")
     parser.add_argument("--find-max", action="store_true")
     parser.add_argument("--rates", default="200,400,600,800,1000,1200,1600")
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -270,7 +279,7 @@ def main() -> None:
         find_max([float(r) for r in args.rates.split(",")], args.seconds, args.subscribers, args.max_lag)
         return
     if args.only != "server":
-        memory(args.concurrent)
+        memory(args.concurrent, args.tracemalloc)
     if args.only != "memory":
         server(args.rate, args.calls, args.subscribers)
 
