@@ -16,7 +16,7 @@ Prints figures; asserts nothing about time. Two parts:
    no Ping took longer than ``--max-lag`` seconds.
 
     python bench/pbxsim.py [--rate 200] [--calls 2000] [--subscribers 100] [--concurrent 10000]
-    python bench/pbxsim.py --find-max [--rates 200,400,800] [--seconds 10]
+    python bench/pbxsim.py --find-max [--rates 200,300,400] [--seconds 10] [--max-lag 0.1]
 """
 
 from __future__ import annotations
@@ -271,7 +271,7 @@ def main() -> None:
     parser.add_argument("--only", choices=("memory", "server"))
     parser.add_argument("--tracemalloc", action="store_true", help="also count Python allocations per call")
     parser.add_argument("--find-max", action="store_true")
-    parser.add_argument("--rates", default="200,400,600,800,1000,1200,1600")
+    parser.add_argument("--rates", default="200,250,300,350,400,500,600,800")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--max-lag", type=float, default=0.1)
     args = parser.parse_args()
