@@ -13,7 +13,8 @@ Prints figures; asserts nothing about time. Two parts:
    during the window) and the server's CPU seconds.
 3. ``--find-max``: part 2 at each rate of ``--rates``; a rate is sustained
    when every offered call started in its window, no delivery was lost and
-   no Ping took longer than ``--max-lag`` seconds.
+   90% of the Pings came back within ``--max-lag`` seconds (a shared
+   machine's scheduling spikes show in the max, which is printed too).
 
     python bench/pbxsim.py [--rate 200] [--calls 2000] [--subscribers 100] [--concurrent 10000]
     python bench/pbxsim.py --find-max [--rates 200,300,400] [--seconds 10] [--max-lag 0.1]
@@ -221,8 +222,9 @@ total_calls = {calls}
         print(f"server: {calls} calls offered at {rate:g}/s to {subscribers} subscribers over {setup_window:.1f} s")
         print(f"  call setups/s achieved: {started / setup_window:.0f} ({started} calls started in the window; "
               f"server CPU {setup_cpu / setup_window * 100:.0f}% of one core while placing calls)")
+        p90 = rtts[min(len(rtts) - 1, len(rtts) * 9 // 10)]
         print(f"  lag: Ping round trip during the window median {rtts[len(rtts) // 2] * 1000:.1f} ms, "
-              f"max {rtts[-1] * 1000:.1f} ms ({len(rtts)} pings)")
+              f"p90 {p90 * 1000:.1f} ms, max {rtts[-1] * 1000:.1f} ms ({len(rtts)} pings)")
         print(f"  events published: {published} ({published / calls:.1f} per call, incl. the driver's status events)")
         print(f"  call+dialplan events delivered: {delivered} in {wall1 - wall0:.1f} s = "
               f"{delivered / (wall1 - wall0):,.0f}/s; per subscriber min {min(counts)} max {max(counts)}")
@@ -233,7 +235,8 @@ total_calls = {calls}
         driver.close()
         return {"rate": rate, "achieved": started / setup_window, "started": started, "calls": calls,
                 "lost": lost + int(dropped.group(1) if dropped else 0) + int(slow.group(1) if slow else 0),
-                "max_lag": rtts[-1], "median_lag": rtts[len(rtts) // 2], "cpu": setup_cpu / setup_window}
+                "max_lag": rtts[-1], "p90_lag": p90, "median_lag": rtts[len(rtts) // 2],
+                "cpu": setup_cpu / setup_window}
     finally:
         proc.terminate()
         try:
@@ -248,16 +251,15 @@ def find_max(rates: List[float], seconds: float, subscribers: int, max_lag: floa
     rows = []
     for rate in rates:
         result = server(rate, int(rate * seconds), subscribers)
-        ok = result["started"] >= result["calls"] and result["lost"] == 0 and result["max_lag"] <= max_lag
+        ok = result["started"] >= result["calls"] and result["lost"] == 0 and result["p90_lag"] <= max_lag
         rows.append((result, ok))
-        if ok:
+        if ok and all(earlier for _, earlier in rows):
             best = rate
-        else:
-            break
     print(f"find-max: {subscribers} subscribers, {seconds:g} s per rate, lag limit {max_lag * 1000:.0f} ms")
     for result, ok in rows:
         print(f"  offered {result['rate']:6.0f}/s: achieved {result['achieved']:6.0f}/s, lost {result['lost']:.0f}, "
-              f"Ping median {result['median_lag'] * 1000:.1f} ms max {result['max_lag'] * 1000:.1f} ms, "
+              f"Ping median {result['median_lag'] * 1000:.1f} ms p90 {result['p90_lag'] * 1000:.1f} ms "
+              f"max {result['max_lag'] * 1000:.1f} ms, "
               f"server CPU {result['cpu'] * 100:.0f}% -> {'sustained' if ok else 'NOT sustained'}")
     print(f"  highest sustained rate: {best if best is not None else 'none'}")
 
