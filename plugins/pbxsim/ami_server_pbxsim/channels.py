@@ -101,6 +101,7 @@ class Channel:
         return self._vars if self._vars is not None else NO_VARIABLES
 
     def set_var(self, name: str, value: str) -> None:
+        """Set a channel variable (the dict is created here, on the first one)."""
         if self._vars is None:
             self._vars = {}
         self._vars[name] = value
