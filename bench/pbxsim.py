@@ -12,7 +12,7 @@ Prints figures; asserts nothing about time. Two parts:
    loss (published x subscribers - delivered), the lag (Ping round trips
    during the window) and the server's CPU seconds.
 3. ``--find-max``: part 2 at each rate of ``--rates``; a rate is sustained
-   when every offered call started in its window, no delivery was lost and
+   when 99% of the offered calls started in its window, no delivery was lost and
    90% of the Pings came back within ``--max-lag`` seconds (a shared
    machine's scheduling spikes show in the max, which is printed too).
 
@@ -231,12 +231,14 @@ total_calls = {calls}
         print(f"  loss: {lost} deliveries short of the fullest subscriber; "
               f"server EventsDropped {dropped.group(1) if dropped else '?'}, "
               f"slow-consumer disconnects {slow.group(1) if slow else '?'}")
-        print(f"  server CPU: {cpu1 - cpu0:.1f} s over {wall1 - wall0:.1f} s wall")
+        per_call = (cpu1 - cpu0) / max(started, 1)
+        print(f"  server CPU: {cpu1 - cpu0:.1f} s over {wall1 - wall0:.1f} s wall = {per_call * 1000:.2f} ms per call "
+              f"(set up, run and delivered to every subscriber): at most {1 / per_call:.0f} calls/s on a whole core")
         driver.close()
         return {"rate": rate, "achieved": started / setup_window, "started": started, "calls": calls,
                 "lost": lost + int(dropped.group(1) if dropped else 0) + int(slow.group(1) if slow else 0),
                 "max_lag": rtts[-1], "p90_lag": p90, "median_lag": rtts[len(rtts) // 2],
-                "cpu": setup_cpu / setup_window}
+                "cpu": setup_cpu / setup_window, "cpu_per_call": per_call}
     finally:
         proc.terminate()
         try:
@@ -251,17 +253,22 @@ def find_max(rates: List[float], seconds: float, subscribers: int, max_lag: floa
     rows = []
     for rate in rates:
         result = server(rate, int(rate * seconds), subscribers)
-        ok = result["started"] >= result["calls"] and result["lost"] == 0 and result["p90_lag"] <= max_lag
+        # 1% slack: the last call is due 1/rate before the window closes, PBXSimStop may overtake it.
+        ok = result["started"] >= 0.99 * result["calls"] and result["lost"] == 0 and result["p90_lag"] <= max_lag
         rows.append((result, ok))
-        if ok and all(earlier for _, earlier in rows):
+        if ok:
             best = rate
     print(f"find-max: {subscribers} subscribers, {seconds:g} s per rate, lag limit {max_lag * 1000:.0f} ms")
     for result, ok in rows:
         print(f"  offered {result['rate']:6.0f}/s: achieved {result['achieved']:6.0f}/s, lost {result['lost']:.0f}, "
               f"Ping median {result['median_lag'] * 1000:.1f} ms p90 {result['p90_lag'] * 1000:.1f} ms "
               f"max {result['max_lag'] * 1000:.1f} ms, "
-              f"server CPU {result['cpu'] * 100:.0f}% -> {'sustained' if ok else 'NOT sustained'}")
+              f"server CPU {result['cpu'] * 100:.0f}%, {result['cpu_per_call'] * 1000:.2f} ms per call -> "
+              f"{'sustained' if ok else 'NOT sustained'}")
     print(f"  highest sustained rate: {best if best is not None else 'none'}")
+    per_call = rows[-1][0]["cpu_per_call"]
+    print(f"  server CPU per call at the highest rate: {per_call * 1000:.2f} ms = at most {1 / per_call:.0f} "
+          f"calls/s on a whole core, whatever else the machine runs")
 
 
 def main() -> None:
