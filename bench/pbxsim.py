@@ -7,10 +7,17 @@ Prints figures; asserts nothing about time. Two parts:
 2. ``server``: a real ami-server process with pbxsim; 100 subscriber sessions
    (read=all, events on) in a separate reader process; pbxsim traffic places
    inbound calls at a fixed rate (each: endpoint -> Dial(PJSIP/bob) -> bridge ->
-   hang-up, ~25 events). Reports call setups/s, events published and delivered/s,
-   loss (published x subscribers - delivered), and the server's CPU seconds.
+   hang-up, ~25 events). Reports the call setups/s achieved (calls the server
+   had started when the window closed), events published and delivered/s,
+   loss (published x subscribers - delivered), the lag (Ping round trips
+   during the window) and the server's CPU seconds.
+3. ``--find-max``: part 2 at each rate of ``--rates``; a rate is sustained
+   when 99% of the offered calls started in its window, no delivery was lost and
+   90% of the Pings came back within ``--max-lag`` seconds (a shared
+   machine's scheduling spikes show in the max, which is printed too).
 
     python bench/pbxsim.py [--rate 200] [--calls 2000] [--subscribers 100] [--concurrent 10000]
+    python bench/pbxsim.py --find-max [--rates 200,300,400] [--seconds 10] [--max-lag 0.1]
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Dict, List
 
 
 def rss_kib() -> int:
@@ -37,7 +45,7 @@ def rss_kib() -> int:
     return 0
 
 
-def memory(concurrent: int) -> None:
+def memory(concurrent: int, traced: bool = False) -> None:
     from ami_server_pbxsim.channels import Originate
     from ami_server_pbxsim.testing import FakeClock
     from ami_server_pbxsim import Simulator, parse_config
@@ -46,6 +54,9 @@ def memory(concurrent: int) -> None:
     config = parse_config({"extensions": {"up@default": ["Answer", "Echo"]}})
     sim = Simulator(config, lambda n, c, h: None, clock.call_later, clock.monotonic, lambda: 1796224762.0)
     gc.collect()
+    if traced:
+        import tracemalloc
+        tracemalloc.start()
     before = rss_kib()
     started = time.perf_counter()
     for _ in range(concurrent):
@@ -55,6 +66,11 @@ def memory(concurrent: int) -> None:
     gc.collect()
     after = rss_kib()
     assert len(sim.channels) == 2 * concurrent
+    if traced:
+        current = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        print(f"memory: Python allocations held {current / concurrent:,.0f} B per call (tracemalloc; RSS below "
+              f"includes its overhead)")
     print(f"memory: {concurrent} concurrent calls ({2 * concurrent} channels): RSS +{(after - before) / 1024:.1f} MiB"
           f" = {(after - before) / 1024 / (concurrent / 1000):.2f} MiB per 1,000 calls;"
           f" core alone sets up {concurrent / elapsed:,.0f} calls/s (no subscribers, no sockets)")
@@ -106,7 +122,18 @@ def _action(sock: socket.socket, text: str, until: str = r"\r\n\r\n") -> str:
     return data.decode()
 
 
-def server(rate: float, calls: int, subscribers: int) -> None:
+def _ping_while(sock: socket.socket, until: float) -> List[float]:
+    """Ping round trips (seconds), one every 0.2 s until ``until``: how late the server's loop answers."""
+    rtts = []
+    while time.monotonic() < until:
+        sent = time.monotonic()
+        _action(sock, "Action: Ping\r\n\r\n")
+        rtts.append(time.monotonic() - sent)
+        time.sleep(max(0.0, min(0.2, until - time.monotonic())))
+    return rtts
+
+
+def server(rate: float, calls: int, subscribers: int) -> Dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="pbxsim-bench-"))
     log = tmp / "server.log"
     (tmp / "config.toml").write_text(f"""
@@ -169,7 +196,9 @@ total_calls = {calls}
         cpu0, wall0 = _cpu_seconds(proc.pid), time.monotonic()
         _action(driver, "Action: PBXSimStart\r\n\r\n")
         setup_window = calls / rate
-        time.sleep(setup_window)
+        rtts = _ping_while(driver, wall0 + setup_window)
+        stopped = _action(driver, "Action: PBXSimStop\r\n\r\n")
+        started = int(re.search(r"CallsStarted: (\d+)", stopped).group(1))
         setup_cpu = _cpu_seconds(proc.pid) - cpu0
         # let the last calls finish (ring 0.2 + answer + talk 1.0) and the output drain
         while True:
@@ -188,23 +217,58 @@ total_calls = {calls}
         reader.join(10)
         delivered = sum(counts)
         call_events = min(counts) if counts else 0
+        rtts.sort()
+        lost = max(counts) * len(counts) - delivered
         print(f"server: {calls} calls offered at {rate:g}/s to {subscribers} subscribers over {setup_window:.1f} s")
-        print(f"  call setups/s sustained: {calls / setup_window:.0f} (server CPU {setup_cpu / setup_window * 100:.0f}% "
-              f"of one core while placing calls)")
+        print(f"  call setups/s achieved: {started / setup_window:.0f} ({started} calls started in the window; "
+              f"server CPU {setup_cpu / setup_window * 100:.0f}% of one core while placing calls)")
+        p90 = rtts[min(len(rtts) - 1, len(rtts) * 9 // 10)]
+        print(f"  lag: Ping round trip during the window median {rtts[len(rtts) // 2] * 1000:.1f} ms, "
+              f"p90 {p90 * 1000:.1f} ms, max {rtts[-1] * 1000:.1f} ms ({len(rtts)} pings)")
         print(f"  events published: {published} ({published / calls:.1f} per call, incl. the driver's status events)")
         print(f"  call+dialplan events delivered: {delivered} in {wall1 - wall0:.1f} s = "
               f"{delivered / (wall1 - wall0):,.0f}/s; per subscriber min {min(counts)} max {max(counts)}")
-        print(f"  loss: {max(counts) * len(counts) - delivered} deliveries short of the fullest subscriber; "
+        print(f"  loss: {lost} deliveries short of the fullest subscriber; "
               f"server EventsDropped {dropped.group(1) if dropped else '?'}, "
               f"slow-consumer disconnects {slow.group(1) if slow else '?'}")
-        print(f"  server CPU: {cpu1 - cpu0:.1f} s over {wall1 - wall0:.1f} s wall")
+        per_call = (cpu1 - cpu0) / max(started, 1)
+        print(f"  server CPU: {cpu1 - cpu0:.1f} s over {wall1 - wall0:.1f} s wall = {per_call * 1000:.2f} ms per call "
+              f"(set up, run and delivered to every subscriber): at most {1 / per_call:.0f} calls/s on a whole core")
         driver.close()
+        return {"rate": rate, "achieved": started / setup_window, "started": started, "calls": calls,
+                "lost": lost + int(dropped.group(1) if dropped else 0) + int(slow.group(1) if slow else 0),
+                "max_lag": rtts[-1], "p90_lag": p90, "median_lag": rtts[len(rtts) // 2],
+                "cpu": setup_cpu / setup_window, "cpu_per_call": per_call}
     finally:
         proc.terminate()
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def find_max(rates: List[float], seconds: float, subscribers: int, max_lag: float) -> None:
+    """Part 2 at rising rates; prints each run and the highest sustained rate."""
+    best = None
+    rows = []
+    for rate in rates:
+        result = server(rate, int(rate * seconds), subscribers)
+        # 1% slack: the last call is due 1/rate before the window closes, PBXSimStop may overtake it.
+        ok = result["started"] >= 0.99 * result["calls"] and result["lost"] == 0 and result["p90_lag"] <= max_lag
+        rows.append((result, ok))
+        if ok:
+            best = rate
+    print(f"find-max: {subscribers} subscribers, {seconds:g} s per rate, lag limit {max_lag * 1000:.0f} ms")
+    for result, ok in rows:
+        print(f"  offered {result['rate']:6.0f}/s: achieved {result['achieved']:6.0f}/s, lost {result['lost']:.0f}, "
+              f"Ping median {result['median_lag'] * 1000:.1f} ms p90 {result['p90_lag'] * 1000:.1f} ms "
+              f"max {result['max_lag'] * 1000:.1f} ms, "
+              f"server CPU {result['cpu'] * 100:.0f}%, {result['cpu_per_call'] * 1000:.2f} ms per call -> "
+              f"{'sustained' if ok else 'NOT sustained'}")
+    print(f"  highest sustained rate: {best if best is not None else 'none'}")
+    per_call = rows[-1][0]["cpu_per_call"]
+    print(f"  server CPU per call at the highest rate: {per_call * 1000:.2f} ms = at most {1 / per_call:.0f} "
+          f"calls/s on a whole core, whatever else the machine runs")
 
 
 def main() -> None:
@@ -214,9 +278,17 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=100)
     parser.add_argument("--concurrent", type=int, default=10000)
     parser.add_argument("--only", choices=("memory", "server"))
+    parser.add_argument("--tracemalloc", action="store_true", help="also count Python allocations per call")
+    parser.add_argument("--find-max", action="store_true")
+    parser.add_argument("--rates", default="200,250,300,350,400,500,600,800")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--max-lag", type=float, default=0.1)
     args = parser.parse_args()
+    if args.find_max:
+        find_max([float(r) for r in args.rates.split(",")], args.seconds, args.subscribers, args.max_lag)
+        return
     if args.only != "server":
-        memory(args.concurrent)
+        memory(args.concurrent, args.tracemalloc)
     if args.only != "memory":
         server(args.rate, args.calls, args.subscribers)
 

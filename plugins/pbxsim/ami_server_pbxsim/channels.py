@@ -9,7 +9,8 @@ thirty-odd events do not rebuild the same sixteen headers each time.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from types import MappingProxyType
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 Headers = Tuple[Tuple[str, str], ...]
 
@@ -27,6 +28,8 @@ CAUSE_TEXT: Dict[int, str] = {
 }
 
 UNKNOWN = "<unknown>"
+#: What ``Channel.variables`` shows for a channel that never had a variable set.
+NO_VARIABLES: Mapping[str, str] = MappingProxyType({})
 BLOCK_NAMES = ("Channel", "ChannelState", "ChannelStateDesc", "CallerIDNum", "CallerIDName",
                "ConnectedLineNum", "ConnectedLineName", "Language", "AccountCode", "Context",
                "Exten", "Priority", "Uniqueid", "Linkedid")
@@ -50,9 +53,9 @@ class Channel:
     __slots__ = (
         "name", "uniqueid", "linkedid", "tech", "device", "state", "cid_num", "cid_name",
         "conn_num", "conn_name", "language", "accountcode", "context", "exten", "priority",
-        "variables", "app", "appdata", "created", "peer", "half", "bridge", "program",
+        "_vars", "app", "appdata", "created", "peer", "half", "bridge", "program",
         "step", "timer", "hangup_cause", "gone", "in_pbx", "dial", "origin", "endpoint",
-        "dialed_by", "_block", "__weakref__",
+        "dialed_by", "masqueraded", "_block",
     )
 
     def __init__(self, name: str, uniqueid: str, linkedid: str, tech: str, device: str, state: int,
@@ -72,7 +75,7 @@ class Channel:
         self.context = context
         self.exten = exten
         self.priority = 1
-        self.variables: Dict[str, str] = {}
+        self._vars: Optional[Dict[str, str]] = None  # created by the first set_var
         self.app = ""
         self.appdata = ""
         self.created = created
@@ -89,14 +92,30 @@ class Channel:
         self.origin: Any = None                    # the originate request that created it
         self.endpoint: Any = None
         self.dialed_by: Any = None                 # the Dial that created it (callee side)
+        self.masqueraded = False                   # redirected out of an application into the dialplan
         self._block: Optional[Headers] = None
+
+    @property
+    def variables(self) -> Mapping[str, str]:
+        """The channel's variables, read-only (set them with :meth:`set_var`)."""
+        return self._vars if self._vars is not None else NO_VARIABLES
+
+    def set_var(self, name: str, value: str) -> None:
+        """Set a channel variable (the dict is created here, on the first one)."""
+        if self._vars is None:
+            self._vars = {}
+        self._vars[name] = value
 
     def touch(self) -> None:
         """Something the standard block shows changed: rebuild it on next use."""
         self._block = None
 
     def block(self, prefix: str = "") -> Headers:
-        """The standard channel block (Channel ... Linkedid), optionally with a name prefix."""
+        """The standard channel block (Channel ... Linkedid), optionally with a name prefix.
+
+        The cache is filled by the simulator while it emits a burst of events
+        (and dropped after it), never here: an idle channel keeps no block.
+        """
         if not prefix and self._block is not None:
             return self._block
         values = (
@@ -105,10 +124,7 @@ class Channel:
             self.language, self.accountcode, self.context, self.exten, str(self.priority),
             self.uniqueid, self.linkedid,
         )
-        block = tuple(zip(_names(prefix), values))
-        if not prefix:
-            self._block = block
-        return block
+        return tuple(zip(_names(prefix), values))
 
     @property
     def up(self) -> bool:

@@ -27,6 +27,43 @@ Emit = Callable[[str, str, Headers], None]
 CallLater = Callable[[float, Callable[[], None]], Any]
 Done = Callable[[OriginateResult], None]
 
+_NO_ARG: Any = object()
+#: At most this many distinct Originate applications and Local targets keep a shared record.
+_SHARED_LIMIT = 1024
+
+
+class Timer:
+    """A scheduled ``fn(arg)``, followed by the simulator's deferred events.
+
+    ``cancel()`` also drops the references: the server's loop keeps a
+    cancelled handle in its heap until its time, and it should not keep the
+    channel (and its call) alive that long.
+    """
+
+    __slots__ = ("sim", "fn", "arg", "handle")
+
+    def __init__(self, sim: "Simulator", fn: Callable[..., None], arg: Any) -> None:
+        self.sim: Optional[Simulator] = sim
+        self.fn: Optional[Callable[..., None]] = fn
+        self.arg = arg
+        self.handle: Any = None
+
+    def __call__(self) -> None:
+        sim, fn, arg = self.sim, self.fn, self.arg
+        self.sim = self.fn = self.arg = self.handle = None
+        if sim is None or fn is None:
+            return
+        if arg is _NO_ARG:
+            fn()
+        else:
+            fn(arg)
+        sim.flush()
+
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        self.sim = self.fn = self.arg = self.handle = None
+
 
 class OriginState:
     """An originate in progress: the request, its completion callback and its no-answer timer."""
@@ -36,7 +73,7 @@ class OriginState:
     def __init__(self, request: Originate, done: Done) -> None:
         self.request = request
         self.done = done
-        self.timer: Any = None
+        self.timer: Optional[Timer] = None
         self.finished = False
         self.dial_ended = False  # DialEnd sent, or deliberately none (timeout)
 
@@ -60,18 +97,19 @@ class Simulator(Interpreter):
         self._deferred: List[Tuple[str, str, Headers]] = []
         self._hot: List[Channel] = []
         self.calls_processed = 0
+        self.live_calls = 0  # calls whose first channel (Uniqueid = Linkedid) is up
         self.talk: Dict[str, Tuple[float, int]] = {}   # linkedid -> (talk time, hangup cause) for traffic calls
         self.ring: Dict[str, float] = {}               # linkedid -> ring time for endpoints dialed by traffic
+        # Records many calls share instead of each holding a copy (see docs/performance.md).
+        self._programs: Dict[Tuple[str, str], Tuple[Step, ...]] = {}
+        self._local_names: Dict[str, Tuple[str, str, str]] = {}
 
     # -- time and events ----------------------------------------------------
-    def later(self, delay: float, callback: Callable[[], None]) -> Any:
-        """Schedule ``callback`` (scaled by ``time_scale``); deferred events are flushed after it."""
-
-        def run() -> None:
-            callback()
-            self.flush()
-
-        return self._call_later(delay * self.config.time_scale, run)
+    def later(self, delay: float, fn: Callable[..., None], arg: Any = _NO_ARG) -> Timer:
+        """Run ``fn(arg)`` (or ``fn()``) after ``delay`` (scaled by ``time_scale``), then flush."""
+        timer = Timer(self, fn, arg)
+        timer.handle = self._call_later(delay * self.config.time_scale, timer)
+        return timer
 
     def flush(self) -> None:
         """Emit the events Asterisk raises asynchronously (device states, DialState) after a burst."""
@@ -82,10 +120,16 @@ class Simulator(Interpreter):
         if self._hot:
             self.cool()
 
-    def chan_event(self, name: str, ch: Channel, extra: Headers = (), classes: str = "call") -> None:
-        if ch._block is None:
+    def hot_block(self, ch: Channel) -> Headers:
+        """``ch``'s standard block, cached until the end of the burst."""
+        block = ch._block
+        if block is None:
+            block = ch._block = ch.block()
             self._hot.append(ch)
-        block = ch.block()
+        return block
+
+    def chan_event(self, name: str, ch: Channel, extra: Headers = (), classes: str = "call") -> None:
+        block = self.hot_block(ch)
         self.emit(name, classes, block + extra if extra else block)
 
     def cool(self) -> None:
@@ -122,11 +166,11 @@ class Simulator(Interpreter):
             self.emit("VarSet", "dialplan",
                       (("Channel", "none"), ("Uniqueid", "none"), ("Variable", name), ("Value", value)))
             return
-        ch.variables[name] = value
+        ch.set_var(name, value)
         self.chan_event("VarSet", ch, (("Variable", name), ("Value", value)), "dialplan")
 
     def dial_event(self, name: str, caller: Optional[Channel], dest: Channel, extra: Headers) -> None:
-        headers = caller.block() if caller is not None else ()
+        headers = self.hot_block(caller) if caller is not None else ()
         self.emit(name, "call", headers + dest.block("Dest") + extra)
 
     # -- identifiers and channel creation -----------------------------------
@@ -145,20 +189,35 @@ class Simulator(Interpreter):
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
 
     def new_channel(self, name: str, tech: str, device: str, state: int, context: str, exten: str,
-                    linkedid: Optional[str] = None, uniqueid: str = "", language: str = "") -> Channel:
+                    linkedid: Optional[str] = None, uniqueid: str = "", language: str = "",
+                    created: Optional[float] = None) -> Channel:
         uid = uniqueid or self._uniqueid()
-        ch = Channel(name, uid, linkedid or uid, tech, device, state, context, exten, self.monotonic(),
-                     language or self.config.language)
+        ch = Channel(name, uid, linkedid or uid, tech, device, state, context, exten,
+                     self.monotonic() if created is None else created, language or self.config.language)
         self.channels[name] = ch
+        if ch.uniqueid == ch.linkedid:
+            self.live_calls += 1
         return ch
 
+    def local_target(self, resource: str) -> Tuple[str, str, str]:
+        """``exten@context[/options]`` -> (exten, context, device), shared by the calls to a configured target."""
+        names = self._local_names.get(resource)
+        if names is None:
+            exten, _, context = resource.split("/", 1)[0].partition("@")
+            context = context or "default"
+            names = (exten, context, f"Local/{exten}@{context}")
+            if len(self._local_names) < _SHARED_LIMIT and self.config.lookup(exten, context) is not None:
+                self._local_names[resource] = names
+        return names
+
     def local_pair(self, exten: str, context: str, linkedid: Optional[str] = None,
-                   uid1: str = "", uid2: str = "") -> Tuple[Channel, Channel]:
+                   uid1: str = "", uid2: str = "", device: str = "") -> Tuple[Channel, Channel]:
         """``Local/<exten>@<context>-<8 hex>;1`` (Down) and ``;2`` (Ring), Newchannel for both."""
-        base = f"Local/{exten}@{context}-{self.next_index('local'):08x}"
-        device = f"Local/{exten}@{context}"
-        one = self.new_channel(base + ";1", "Local", device, DOWN, context, exten, linkedid, uid1)
-        two = self.new_channel(base + ";2", "Local", device, RING, context, exten, one.linkedid, uid2)
+        device = device or f"Local/{exten}@{context}"
+        base = f"{device}-{self.next_index('local'):08x}"
+        now = self.monotonic()
+        one = self.new_channel(base + ";1", "Local", device, DOWN, context, exten, linkedid, uid1, created=now)
+        two = self.new_channel(base + ";2", "Local", device, RING, context, exten, one.linkedid, uid2, created=now)
         one.peer, two.peer, one.half, two.half = two, one, 1, 2
         self.chan_event("Newchannel", one)
         self.chan_event("Newchannel", two)
@@ -203,9 +262,8 @@ class Simulator(Interpreter):
 
     def _originate_local(self, state: OriginState, resource: str) -> None:
         req = state.request
-        exten, _, context = resource.split("/", 1)[0].partition("@")
-        context = context or "default"
-        one, two = self.local_pair(exten, context, None, req.channel_id, req.other_channel_id)
+        exten, context, device = self.local_target(resource)
+        one, two = self.local_pair(exten, context, None, req.channel_id, req.other_channel_id, device)
         one.origin = state
         one.app, one.appdata = "AppDial2", "(Outgoing Line)"
         self.chan_event("Newexten", one, (("Extension", exten), ("Application", "AppDial2"),
@@ -219,6 +277,7 @@ class Simulator(Interpreter):
                 ch.gone = True
                 self.chan_event("Hangup", ch, (("Cause", "0"), ("Cause-txt", "Unknown")))
                 self.channels.pop(ch.name, None)
+            self.live_calls -= 1
             self._deferred += [("DeviceStateChange", "call", (("Device", one.device), ("State", "INVALID")))] * 2
             return
         # Observed order: ;1's variables last-first, ;1's caller ID, then ;2's variables and caller ID.
@@ -237,8 +296,10 @@ class Simulator(Interpreter):
             self._set_callerid(two, req.cid_num, req.cid_name, connected_first=True)
         self.local_bridge(one, two)
         self.dial_event("DialBegin", None, one, (("DialString", resource),))
-        state.timer = self.later(req.timeout, lambda: self._origin_timeout(one))
         self.run_pbx(two, steps, context, exten, 1)
+        # A ;2 that answers (or fails) at once needs no no-answer timer: none is scheduled.
+        if one.origin is state and not state.finished and not one.gone:
+            state.timer = self.later(req.timeout, self._origin_timeout, one)
 
     def _set_callerid(self, ch: Channel, num: str, name: str, connected_first: bool = False) -> None:
         if connected_first:
@@ -263,7 +324,7 @@ class Simulator(Interpreter):
         if req.cid_num or req.cid_name:
             self._set_callerid(ch, req.cid_num, req.cid_name)
         self.dial_event("DialBegin", None, ch, (("DialString", endpoint.name),))
-        state.timer = self.later(req.timeout, lambda: self._origin_timeout(ch))
+        state.timer = self.later(req.timeout, self._origin_timeout, ch)
         self.ring_endpoint(ch, endpoint)
 
     def ring_endpoint(self, ch: Channel, endpoint: Any, ring_time: Optional[float] = None) -> None:
@@ -271,13 +332,16 @@ class Simulator(Interpreter):
         behaviour = endpoint.behaviour
         if behaviour in ("busy", "congestion"):
             ch.hangup_cause = 17 if behaviour == "busy" else 34
-            ch.timer = self.later(0.0, lambda: self.remote_refused(ch, "BUSY" if behaviour == "busy" else "CONGESTION"))
+            ch.timer = self.later(0.0, self._endpoint_refuses, ch)
             return
         self.set_state(ch, RINGING)
         self.dial_ringing(ch)
         if behaviour == "answer":
             delay = endpoint.answer_delay if ring_time is None else ring_time
-            ch.timer = self.later(delay, lambda: self._endpoint_answers(ch))
+            ch.timer = self.later(delay, self._endpoint_answers, ch)
+
+    def _endpoint_refuses(self, ch: Channel) -> None:
+        self.remote_refused(ch, "BUSY" if ch.hangup_cause == 17 else "CONGESTION")
 
     def _endpoint_answers(self, ch: Channel) -> None:
         ch.timer = None
@@ -310,13 +374,23 @@ class Simulator(Interpreter):
         if req.application:
             self.finish_origin(state, True, 4, callee)
             callee.in_pbx = False
-            callee.program = (Step(req.application, req.data),)
+            callee.program = self._program(req.application, req.data)
             callee.step = 0
             self.continue_channel(callee)
             return
         steps = self.config.lookup(req.exten, req.context) or ()
         self.run_pbx(callee, steps, req.context, req.exten, req.priority,
                      first_hook=lambda: self.finish_origin(state, True, 4, callee))
+
+    def _program(self, app: str, data: str) -> Tuple[Step, ...]:
+        """The one-step program of an Originate with Application, shared by calls that name the same one."""
+        key = (app, data)
+        program = self._programs.get(key)
+        if program is None:
+            program = (Step(app, data),)
+            if len(self._programs) < _SHARED_LIMIT:
+                self._programs[key] = program
+        return program
 
     def remote_refused(self, callee: Channel, status: str) -> None:
         """The dialed side signalled busy or congestion before answering."""
@@ -391,6 +465,10 @@ class Simulator(Interpreter):
             return
         peer.gone = True
         self._stop(peer)
+        status = x.variables.get("DIALSTATUS") if x.half == 2 else None
+        if status is not None:
+            # A ;2 that ran Dial hands its DIALSTATUS to ;1 as it goes (chan_local's local_hangup).
+            self.setvar(peer, "CHANLOCALSTATUS", status)
         self.chan_event("HangupRequest", peer, (("Cause", str(cause)),))
         if x.half == 2:
             self.pending_dial_failed(peer, x.hangup_cause or cause)
@@ -406,7 +484,8 @@ class Simulator(Interpreter):
             if peer.in_pbx:
                 self.chan_event("SoftHangupRequest", peer, (("Cause", "16"),))
                 self.flush()
-            self.leave_and_hangup(peer, cause)
+            # A masqueraded ;1 has lost the cause its ;2 hands over.
+            self.leave_and_hangup(peer, 0 if peer.masqueraded else cause)
 
     def _stop(self, ch: Channel) -> None:
         if ch.timer is not None:
@@ -444,6 +523,7 @@ class Simulator(Interpreter):
         self._device_state(ch, "NOT_INUSE")
         self.channels.pop(ch.name, None)
         if ch.uniqueid == ch.linkedid:
+            self.live_calls -= 1
             self.forget_call(ch.linkedid)
         if ch.origin is not None and not ch.origin.finished:
             self.finish_origin(ch.origin, False, 0, None)
@@ -463,7 +543,7 @@ class Simulator(Interpreter):
     def bridge_enter(self, bridge: Bridge, ch: Channel) -> None:
         bridge.channels.append(ch)
         ch.bridge = bridge
-        self.emit("BridgeEnter", "call", bridge.block() + ch.block())
+        self.emit("BridgeEnter", "call", bridge.block() + self.hot_block(ch))
 
     def bridge_leave(self, ch: Channel) -> Optional[Channel]:
         """``ch`` leaves its bridge; returns the partner left alone in it, if any."""
@@ -474,7 +554,7 @@ class Simulator(Interpreter):
             self.setvar(ch, "BRIDGEPEER", "")
             self.setvar(others[0], "BRIDGEPEER", "")
         bridge.channels.remove(ch)
-        self.emit("BridgeLeave", "call", bridge.block() + ch.block())
+        self.emit("BridgeLeave", "call", bridge.block() + self.hot_block(ch))
         return others[0] if len(others) == 1 else None
 
     def bridge_partner_left(self, partner: Channel) -> None:

@@ -71,7 +71,7 @@ class Interpreter:
             if delay is None:
                 continue
             if delay != FOREVER and not ch.gone:
-                ch.timer = self.later(delay, lambda: self._resume(ch))
+                ch.timer = self.later(delay, self._resume, ch)
             return
 
     def _resume(self: Any, ch: Channel) -> None:
@@ -142,16 +142,22 @@ class Interpreter:
     def redirect(self: Any, ch: Channel, context: str, exten: str, priority: int) -> None:
         """Move ``ch`` to ``exten@context``; a missing extension hangs it up (cause 0)."""
         self._stop(ch)
+        if not ch.in_pbx:
+            # Asterisk moves a channel out of an application by masquerading it into a new one.
+            ch.masqueraded = True
         if ch.bridge is not None and ch in ch.bridge.channels:
             partner = self.bridge_leave(ch)
             if partner is not None:
                 self.bridge_partner_left(partner)
         steps = self.config.lookup(exten, context)
         if steps is None or priority > len(steps):
-            ch.context, ch.exten, ch.priority = context, exten, priority
-            ch.touch()
+            def relocate() -> None:
+                # Asterisk's SoftHangupRequest still shows the old place; the Hangup shows the new one.
+                ch.context, ch.exten, ch.priority = context, exten, priority
+                ch.touch()
+
             ch.in_pbx = True
-            self.hangup(ch, 0)
+            self.hangup(ch, 0, between=relocate)
             return
         self.run_pbx(ch, steps, context, exten, priority)
 
@@ -165,13 +171,12 @@ class Interpreter:
         for name in _DIAL_VARS:
             self.setvar(caller, name, "")
         if tech.lower() == "local":
-            exten, _, context = resource.split("/", 1)[0].partition("@")
-            context = context or "default"
+            exten, context, device = self.local_target(resource)
             steps = self.config.lookup(exten, context)
             if steps is None:
                 self._dial_unavailable(run)
                 return
-            one, two = self.local_pair(exten, context, caller.linkedid)
+            one, two = self.local_pair(exten, context, caller.linkedid, device=device)
             run.callee = one
             one.dialed_by = run
             self.setvar(one, "DIALEDPEERNUMBER", resource)
@@ -189,7 +194,7 @@ class Interpreter:
             self.local_bridge(one, two)
             self.dial_event("DialBegin", caller, one, (("DialString", resource),))
             if timeout:
-                run.timer = self.later(timeout, lambda: self._dial_timeout(run))
+                run.timer = self.later(timeout, self._dial_timeout, run)
             self.run_pbx(two, steps, context, exten, 1)
             return
         endpoint = self.find_endpoint(tech, resource)
@@ -204,7 +209,7 @@ class Interpreter:
         callee.touch()
         self.dial_event("DialBegin", caller, callee, (("DialString", resource),))
         if timeout:
-            run.timer = self.later(timeout, lambda: self._dial_timeout(run))
+            run.timer = self.later(timeout, self._dial_timeout, run)
         self.ring_endpoint(callee, endpoint, self.ring.get(caller.linkedid))
 
     def _dial_unavailable(self: Any, run: DialRun) -> None:
@@ -215,7 +220,7 @@ class Interpreter:
 
     def _resume_soon(self: Any, ch: Channel) -> None:
         if not ch.gone:
-            ch.timer = self.later(0.0, lambda: self._resume(ch))
+            ch.timer = self.later(0.0, self._resume, ch)
 
     def _dial_timeout(self: Any, run: DialRun) -> None:
         run.timer = None
@@ -264,6 +269,10 @@ class Interpreter:
         self.setvar(caller, "DIALSTATUS", "ANSWER")
         self.setvar(caller, "DIALEDPEERNAME", callee.name)
         self.setvar(caller, "DIALEDPEERNUMBER", run.dialstring)
+        if callee.tech == "Local":
+            # Asterisk's DialEnd already shows the answered ;1 with an empty Exten; its Newexten follows.
+            callee.exten = ""
+            callee.touch()
         self.dial_event("DialEnd", caller, callee, (("DialStatus", "ANSWER"),))
         if caller.state != UP:
             self.answer(caller)
@@ -272,8 +281,6 @@ class Interpreter:
         bridge = self.bridge_create()
         run.bridge = bridge
         if callee.tech == "Local":
-            callee.exten = ""
-            callee.touch()
             self.chan_event("Newexten", callee, (("Extension", ""), ("Application", "AppDial"),
                                                  ("AppData", "(Outgoing Line)")), "dialplan")
         self.bridge_enter(bridge, callee)

@@ -197,3 +197,34 @@ def test_sample_config_toml_section_works():
     sim.originate(Originate("Local/alice@default", application="Wait", data="1"), results.append)
     clock.advance(30)
     assert results[1].success and any(e.name == "BridgeCreate" for e in events)
+
+
+def test_an_originate_answered_at_once_schedules_no_no_answer_timer():
+    """The ;2 answers in the same burst: only its answer_wait timer is pending, then none."""
+    sim, clock, events = make_simulator({"extensions": {"up@default": ["Answer", "Echo"]}})
+    for _ in range(3):
+        sim.originate(Originate("Local/up@default", application="Echo"), lambda result: None)
+    assert clock.pending() == 3
+    clock.advance(1.0)
+    assert clock.pending() == 0 and len(sim.channels) == 6 and sim.live_calls == 3
+
+
+def test_a_cancelled_timer_lets_go_of_its_channel():
+    """The loop keeps a cancelled handle until its time; the handle must not keep the call alive."""
+    sim, clock, events = make_simulator(DIALPLAN)
+    sim.originate(Originate("Local/ring@default", application="Wait", data="1", timeout=20.0), lambda result: None)
+    clock.advance(0.1)
+    ring = [ch for ch in sim.channels.values() if ch.name.endswith(";1")][0]
+    sim.hangup_by_request(ring, 16)
+    assert not sim.channels and sim.live_calls == 0
+    held = [timer.callback for timer in clock._heap if timer.cancelled]
+    assert held and all(timer.fn is None and timer.arg is None and timer.sim is None for timer in held)
+
+
+def test_channel_variables_are_created_on_first_set():
+    sim, clock, events = make_simulator(DIALPLAN)
+    sim.originate(Originate("Local/long@default", application="Wait", data="20"), lambda result: None)
+    one, two = sorted(sim.channels.values(), key=lambda ch: ch.name)
+    assert one._vars is None and dict(one.variables) == {}
+    sim.setvar(one, "X", "1")
+    assert dict(one.variables) == {"X": "1"} and two._vars is None
