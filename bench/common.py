@@ -68,6 +68,9 @@ class Server:
             config.write_text(
                 f'[server]\nhost = "127.0.0.1"\nport = {self.port}\n{extra_config}\n'
                 f'[users.{USER}]\nsecret = "{SECRET}"\nread = "all"\nwrite = "all"\n'
+                # The sample config's users beside the benchmark's: the default shape, three users.
+                '[users.admin]\nsecret = "change-me"\nread = "all"\nwrite = "all"\n'
+                '[users.dashboard]\nsecret = "dashboard-secret"\nread = ["system", "call", "user"]\nwrite = []\n'
             )
             command = [python, "-m", "ami_server.cli", "--config", str(config)]
         else:

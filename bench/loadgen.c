@@ -1,12 +1,13 @@
 /*
  * AMI load generator for bench/run.py (Linux, epoll). Prints one JSON object.
  *
- *   loadgen ping   HOST PORT CONNS INFLIGHT SECONDS USER SECRET
+ *   loadgen ping   HOST PORT CONNS INFLIGHT SECONDS USER SECRET [ACTION]
  *   loadgen login  HOST PORT PARALLEL SECONDS USER SECRET
  *   loadgen fanout HOST PORT SUBSCRIBERS INFLIGHT EVENTS USER SECRET TIMEOUT [PUBLISHER_PORT [FILTER]]
  *
- * ping:   every connection keeps INFLIGHT Pings outstanding; each response's
- *         ActionID must be the next one sent on that connection.
+ * ping:   every connection keeps INFLIGHT requests (Ping, or ACTION) outstanding,
+ *         sending the next one as each response arrives; each response must be
+ *         Success with the ActionID of the next one sent on that connection.
  * login:  PARALLEL loops of connect, banner, Login, Logoff, close.
  * fanout: SUBSCRIBERS sessions with events on; one publisher sends EVENTS
  *         UserEvents with INFLIGHT outstanding; every subscriber must get all.
@@ -141,9 +142,13 @@ static int flush_out(conn_t *c) {
     return 0;
 }
 
+/* ping: the action every request names. */
+static const char *ping_action = "Ping";
+
 static void queue_ping(conn_t *c, int index, int inflight) {
-    char req[96];
-    int n = snprintf(req, sizeof req, "Action: Ping\r\nActionID: c%d-%llu\r\n\r\n", index, (unsigned long long)c->sent);
+    char req[160];
+    int n = snprintf(req, sizeof req, "Action: %s\r\nActionID: c%d-%llu\r\n\r\n", ping_action, index,
+                     (unsigned long long)c->sent);
     c->sent_at[c->sent % (uint64_t)inflight] = now();
     c->sent++;
     out_append(c, req, (size_t)n);
@@ -444,8 +449,13 @@ int main(int argc, char **argv) {
     server_addr.sin_family = AF_INET;
     server_addr.sin_port = htons((uint16_t)atoi(argv[3]));
     if (inet_pton(AF_INET, argv[2], &server_addr.sin_addr) != 1) { fprintf(stderr, "loadgen: bad host\n"); return 2; }
-    if (!strcmp(argv[1], "ping") && argc == 9)
+    if (!strcmp(argv[1], "ping") && (argc == 9 || argc == 10)) {
+        if (argc == 10) {
+            if (strlen(argv[9]) == 0 || strlen(argv[9]) > 64) { fprintf(stderr, "loadgen: bad action\n"); return 2; }
+            ping_action = argv[9];
+        }
         return run_ping(atoi(argv[4]), atoi(argv[5]), atof(argv[6]), argv[7], argv[8]);
+    }
     if (!strcmp(argv[1], "login") && argc == 8)
         return run_login(atoi(argv[4]), atof(argv[5]), argv[6], argv[7]);
     if (!strcmp(argv[1], "fanout") && argc >= 10 && argc <= 12) {

@@ -4,6 +4,10 @@
     python bench/run.py --quick        # 1 round, shorter runs
     python bench/run.py --only ping,fanout --rounds 5
 
+Request rows (ping, hello) keep P requests in flight per connection and send
+the next one as each reply arrives. The hello rows need the example plugin
+installed (``pip install plugins/example_hello``); without it they are skipped.
+
 Both servers run as their own processes and get the same load, alternating,
 round after round; the table shows medians and the ratio ami-server / minimal.
 The load generator (bench/loadgen.c, compiled with cc) reports its own CPU
@@ -69,6 +73,30 @@ def ping(args, loadgen, servers, rows):
                       f"p99 {summary(results, 'p99_ms')['ami-server']:.2f} ms "
                       f"(minimal {summary(results, 'p99_ms')['minimal']:.2f})",
             ))
+
+
+def hello(args, loadgen, servers, rows):
+    """The example plugin's Hello: an action that builds its own Response (and publishes an event) per request."""
+    if not hello_installed():
+        print("hello: skipped, the example plugin is not installed (pip install plugins/example_hello)",
+              file=sys.stderr)
+        return
+    for conns, inflight in ((1, 1), (10, 32)):
+        results = rounds_of(
+            args,
+            lambda s: _checked(run_loadgen(loadgen, s, "ping", conns, inflight, args.seconds, USER, SECRET, "Hello")),
+            servers,
+        )
+        rows.append(row(
+            f"hello C={conns} P={inflight}", "responses/s", summary(results, "rate"), results,
+            extra=f"p50 {summary(results, 'p50_ms')['ami-server']:.2f} ms",
+        ))
+
+
+def hello_installed() -> bool:
+    from importlib.metadata import entry_points
+
+    return any(ep.name == "example_hello" for ep in entry_points(group="ami_server.actions"))
 
 
 def login_churn(args, loadgen, servers, rows):
@@ -211,7 +239,7 @@ def row(name: str, unit: str, rate: Dict[str, float], results: Dict[str, List[Di
 
 
 SCENARIOS = {
-    "ping": ping, "login": login_churn, "fanout": fanout, "filtered": filtered, "idle": idle, "slow": slow,
+    "ping": ping, "hello": hello, "login": login_churn, "fanout": fanout, "filtered": filtered, "idle": idle, "slow": slow,
     "startup": startup,
 }
 
