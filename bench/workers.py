@@ -1,4 +1,4 @@
-"""Worker benchmark: login churn and fan-out with ``ami-server --workers 1`` and ``--workers 2`` on one port.
+"""Worker benchmark: requests, login churn and fan-out with ``ami-server --workers 1`` and ``2`` on one port.
 
     python bench/workers.py [--rounds 3] [--seconds 3] [--events 3000]
 
@@ -8,6 +8,9 @@ It starts its own redis-server and, per run, one supervisor with N workers
 on a free loopback port (``reuse_port = true``, the cluster plugin
 enabled), and prints figures; it asserts nothing about times.
 
+- ping: ``loadgen ping`` at C=100 P=1 and C=10 P=32 (each connection keeps
+  P Pings in flight, the next sent as each reply arrives); the kernel spreads
+  the connections over the workers.
 - login churn: ``loadgen login`` (10 parallel loops of connect, Login,
   Logoff, close); the kernel spreads the connections over the workers.
 - fan-out: ``loadgen fanout`` (100 subscribers spread over the workers, one
@@ -116,7 +119,7 @@ def loadgen_run(loadgen: Path, workers: Workers, mode: str, *args: object) -> Di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds of login churn")
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds of ping and login churn")
     parser.add_argument("--events", type=int, default=3000, help="fan-out publications per run")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
@@ -124,13 +127,17 @@ def main() -> None:
     base = workdir()
     redis_proc = start_redis(base)
     loadgen = build_loadgen()
-    results: Dict[str, List[Dict]] = {f"{kind}_{n}": [] for kind in ("login", "fanout") for n in (1, 2)}
+    kinds = ("ping100x1", "ping10x32", "login", "fanout")
+    results: Dict[str, List[Dict]] = {f"{kind}_{n}": [] for kind in kinds for n in (1, 2)}
     try:
         for round_ in range(args.rounds):
             for count in ((1, 2) if round_ % 2 == 0 else (2, 1)):
                 workers = Workers(base, count, redis_proc.port)  # type: ignore[attr-defined]
                 try:
                     time.sleep(0.5)
+                    for kind, conns, inflight in (("ping100x1", 100, 1), ("ping10x32", 10, 32)):
+                        results[f"{kind}_{count}"].append(
+                            loadgen_run(loadgen, workers, "ping", conns, inflight, args.seconds, USER, SECRET))
                     results[f"login_{count}"].append(
                         loadgen_run(loadgen, workers, "login", 10, args.seconds, USER, SECRET))
                     results[f"fanout_{count}"].append(
@@ -142,11 +149,14 @@ def main() -> None:
         redis_proc.wait(10)
     print(f"machine: {machine()}")
     print(f"ami-server --workers N on one port, cluster plugin on, median of {args.rounds} rounds:")
-    for kind, unit in (("login", "logins/s"), ("fanout", "deliveries/s")):
+    labels = {"ping100x1": "ping C=100 P=1", "ping10x32": "ping C=10 P=32",
+              "login": "login churn x10 parallel", "fanout": "fan-out N=100 subscribers"}
+    for kind, unit in (("ping100x1", "responses/s"), ("ping10x32", "responses/s"), ("login", "logins/s"),
+                       ("fanout", "deliveries/s")):
         rates = {n: median([r["rate"] for r in results[f"{kind}_{n}"]]) for n in (1, 2)}
         cpu = {n: median([r["server_cpu"] for r in results[f"{kind}_{n}"]]) for n in (1, 2)}
         errors = {n: sum(r.get("errors", 0) + r.get("lost", 0) for r in results[f"{kind}_{n}"]) for n in (1, 2)}
-        label = "login churn x10 parallel" if kind == "login" else "fan-out N=100 subscribers"
+        label = labels[kind]
         print(f"  {label}: 1 worker {rates[1]:,.0f} {unit} (server CPU {cpu[1]:.2f}), "
               f"2 workers {rates[2]:,.0f} {unit} (server CPU {cpu[2]:.2f}), "
               f"ratio {rates[2] / rates[1]:.2f}, errors/lost {errors[1]}/{errors[2]}")
