@@ -264,14 +264,17 @@ class ServerHandle:
         (actions another server answers); classes and guards still apply."""
         self._host.control.listers.append(lister)
 
-    def route_unknown(self, action: Action) -> None:
+    def route_unknown(self, action: Action, read_only: Optional[Callable[[str], bool]] = None) -> None:
         """Let ``action`` answer every action no plugin registered, for logged-in sessions.
 
         ``ctx.request.action`` is the name the client sent; classes of
         ``action.privileges`` and the guards apply as for any action. One
         plugin may claim this; a second call raises ``RuntimeError``.
+        ``read_only(name)``, if given, says which of the names it answers
+        change nothing: those are audited as ``read_only`` actions are
+        (``ActionExecuted`` only with ``audit_read_only_actions``).
         """
-        self._host.route_unknown(action, self._plugin)
+        self._host.route_unknown(action, self._plugin, read_only)
 
     def connect(
         self,

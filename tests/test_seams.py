@@ -146,7 +146,8 @@ class Policy:
         server.add_action_guard(guard)
         server.add_event_guard(events)
         server.add_action_lister(lambda session: [Action("Originate", forward, "Originate a call.", "originate")])
-        server.route_unknown(Action("Forward", forward, "Forward to the upstream.", ()))
+        server.route_unknown(Action("Forward", forward, "Forward to the upstream.", ()),
+                             read_only=lambda name: name.lower() == "getvar")
 
 
 def policy_server():
@@ -179,6 +180,18 @@ def test_guards_refuse_with_the_rule_audited_or_answer_their_own_error():
         peer.send(b"Action: Originate\r\nActionID: o2\r\nContext: crm\r\n\r\n")
         assert peer.read() == b"Response: Success\r\nActionID: o2\r\nMessage: Forwarded\r\nName: Originate\r\n\r\n"
         assert memory.log.records("ActionExecuted")[-1]["action"] == "Originate"
+
+
+@pytest.mark.parametrize("audit_read_only", [False, True])
+def test_routed_actions_the_router_calls_read_only_are_audited_as_read_only_actions(audit_read_only):
+    config = make_config({"users": USERS, "logging": {"audit_read_only_actions": audit_read_only}})
+    with MemoryServer(config, extra_plugins=[("policy", Policy())]) as memory:
+        peer = memory.connect()
+        peer.send(b"Action: Login\r\nUsername: admin\r\nSecret: adminpass\r\nEvents: off\r\n\r\n")
+        peer.send(b"Action: GetVar\r\nActionID: g\r\n\r\nAction: Setvar\r\nActionID: s\r\n\r\n")
+        assert peer.read().count(b"Message: Forwarded") == 2
+        audited = [r["action_id"] for r in memory.log.records("ActionExecuted") if r["action_id"] in ("g", "s")]
+        assert audited == (["g", "s"] if audit_read_only else ["s"])
 
 
 def test_list_commands_shows_listed_actions_that_classes_and_guards_allow_b_5_7():
