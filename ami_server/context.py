@@ -254,9 +254,22 @@ class ServerHandle:
         """
         self._host.dispatcher.guards.append(guard)
 
-    def add_event_guard(self, guard: Callable[[SessionInfo], Optional[Callable[[str], bool]]]) -> None:
+    def add_event_guard(self, guard: Callable[[SessionInfo], Any], on_text: bool = False) -> None:
         """At each login call ``guard(session)``; a predicate it returns must accept an event's
-        name for the session to receive the event (on top of classes, mask and filters)."""
+        name for the session to receive the event (on top of classes, mask and filters).
+
+        With ``on_text`` the predicate is given the event as written (bytes,
+        ``Event:`` line first, the blank line last) instead of its name.
+        """
+        if on_text:
+            from .filters import OnText
+
+            factory = guard
+
+            def guard(session: SessionInfo) -> Any:
+                accepts = factory(session)
+                return None if accepts is None else OnText(accepts)
+
         self._host.login.event_guards.append(guard)
 
     def add_action_lister(self, lister: Callable[[SessionInfo], Any]) -> None:
