@@ -82,6 +82,8 @@ class ConcurrentReplies:
         if dispatcher.guards and dispatcher._guarded(session, run_name, message):
             return
         audit = not action.read_only or dispatcher._audit_read_only()
+        if entry is dispatcher.router and dispatcher.router_read_only is not None and dispatcher.router_read_only(name):
+            audit = dispatcher._audit_read_only()
         run = dispatcher.new_run(session, run_name, action_id, time.monotonic() if audit else 0.0, entry, audit)
         # Its place in line is taken before the handler runs: a handler may complete earlier replies.
         pipeline.order.append(run)

@@ -254,9 +254,22 @@ class ServerHandle:
         """
         self._host.dispatcher.guards.append(guard)
 
-    def add_event_guard(self, guard: Callable[[SessionInfo], Optional[Callable[[str], bool]]]) -> None:
+    def add_event_guard(self, guard: Callable[[SessionInfo], Any], on_text: bool = False) -> None:
         """At each login call ``guard(session)``; a predicate it returns must accept an event's
-        name for the session to receive the event (on top of classes, mask and filters)."""
+        name for the session to receive the event (on top of classes, mask and filters).
+
+        With ``on_text`` the predicate is given the event as written (bytes,
+        ``Event:`` line first, the blank line last) instead of its name.
+        """
+        if on_text:
+            from .filters import OnText
+
+            factory = guard
+
+            def guard(session: SessionInfo) -> Any:
+                accepts = factory(session)
+                return None if accepts is None else OnText(accepts)
+
         self._host.login.event_guards.append(guard)
 
     def add_action_lister(self, lister: Callable[[SessionInfo], Any]) -> None:
@@ -264,14 +277,17 @@ class ServerHandle:
         (actions another server answers); classes and guards still apply."""
         self._host.control.listers.append(lister)
 
-    def route_unknown(self, action: Action) -> None:
+    def route_unknown(self, action: Action, read_only: Optional[Callable[[str], bool]] = None) -> None:
         """Let ``action`` answer every action no plugin registered, for logged-in sessions.
 
         ``ctx.request.action`` is the name the client sent; classes of
         ``action.privileges`` and the guards apply as for any action. One
         plugin may claim this; a second call raises ``RuntimeError``.
+        ``read_only(name)``, if given, says which of the names it answers
+        change nothing: those are audited as ``read_only`` actions are
+        (``ActionExecuted`` only with ``audit_read_only_actions``).
         """
-        self._host.route_unknown(action, self._plugin)
+        self._host.route_unknown(action, self._plugin, read_only)
 
     def connect(
         self,

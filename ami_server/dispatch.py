@@ -179,6 +179,8 @@ class Dispatcher:
         self.guards: List[Guard] = []
         #: The plugin action that answers actions no plugin registered (ServerHandle.route_unknown).
         self.router: Optional["RegisteredAction"] = None
+        #: Which names the router answers change nothing (audited as read-only actions); None: none.
+        self.router_read_only: Optional[Callable[[str], bool]] = None
         #: The wall clock shared by the requests answered from one read (ActionContext.timestamp):
         #: ``None`` outside such a read, ``""`` inside one until first asked.
         self.read_stamp: Optional[str] = None
@@ -235,6 +237,8 @@ class Dispatcher:
         if self.guards and session.state == AUTHENTICATED and self._guarded(session, run_name, message):
             return
         audit = not action.read_only or self._audit_read_only()
+        if entry is self.router and self.router_read_only is not None and self.router_read_only(run_name):
+            audit = self._audit_read_only()
         run = _Run(run_name, action_id, time.monotonic() if audit or self.observe else 0.0, entry, audit)
         run.dispatcher = self
         run.session = session

@@ -21,7 +21,9 @@ as invalid UTF-8 (surrogate-escaped, P-1.22) is matched as the original bytes.
 
 Besides the client's filters, a plugin may install name predicates for a
 session (``ServerHandle.add_event_guard``: a gateway's event policy); they
-are not counted against the limit.
+are not counted against the limit. A predicate wrapped in :class:`OnText`
+is given the event as written (bytes) instead of its name: a gateway's
+filter by the header naming an event's upstream.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ __all__ = [
     "MAX_PATTERN_MEMORY",
     "EventFilters",
     "FilterPattern",
+    "OnText",
     "compile_filter",
 ]
 
@@ -132,6 +135,15 @@ def compile_filter(text: str) -> FilterPattern:
     return pattern
 
 
+class OnText:
+    """A plugin's event predicate that reads the event as written (bytes), not only its name."""
+
+    __slots__ = ("accepts",)
+
+    def __init__(self, accepts: Callable[[bytes], bool]) -> None:
+        self.accepts = accepts
+
+
 class EventFilters:
     """A session's include and exclude filters (B-5.13), searched in an event's text."""
 
@@ -167,8 +179,9 @@ class EventFilters:
         data = _to_bytes(text)
         if self.names:
             name = data[7:data.find(b"\r\n")].decode("utf-8", "surrogateescape")  # "Event: <name>\r\n"
-            if not all(accepts(name) for accepts in self.names):
-                return False
+            for accepts in self.names:
+                if not (accepts.accepts(data) if accepts.__class__ is OnText else accepts(name)):  # type: ignore
+                    return False
         if memo is None:
             memo = {}
         if self.include and not any(_matches(p, data, memo) for p in self.include):

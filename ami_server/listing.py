@@ -73,7 +73,7 @@ class _InertHost:
     def connect(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("no server is running")
 
-    def route_unknown(self, action: Any, plugin: str) -> None:
+    def route_unknown(self, action: Any, plugin: str, read_only: Any = None) -> None:
         pass
 
     def add_stop_listener(self, listener: Any) -> None:

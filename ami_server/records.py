@@ -259,6 +259,13 @@ class Response:
         return _VerbatimResponse(lines, blocks, completion)
 
     @classmethod
+    def verbatim_bytes(cls, data: bytes) -> "Response":
+        """A one-message reply passed on as received (``Response:`` line first, CRLF framed, the
+        blank line included): only its ActionID line is rewritten, nothing is parsed into lines.
+        ``ValueError`` when the bytes are not what :meth:`verbatim` would write unchanged."""
+        return _VerbatimBytesResponse(data)
+
+    @classmethod
     def success(cls, message: Optional[str] = None, headers: HeadersLike = ()) -> "Response":
         return cls("Success", message, headers)
 
@@ -552,4 +559,4 @@ class ServerStatus:
     shutting_down: bool
 
 
-from .verbatim import _VerbatimBlock, _VerbatimResponse  # noqa: E402 - they subclass Block and Response
+from .verbatim import _VerbatimBlock, _VerbatimBytesResponse, _VerbatimResponse  # noqa: E402 - they subclass Block and Response

@@ -324,13 +324,15 @@ class Server:
             raise RuntimeError("connect() may only be called on the event loop")
         return Outbound(self.loop, host, port, protocol, **options)
 
-    def route_unknown(self, action: Action, plugin: str) -> None:
+    def route_unknown(self, action: Action, plugin: str,
+                      read_only: Optional[Callable[[str], bool]] = None) -> None:
         if self.dispatcher.router is not None:
             raise RuntimeError(
                 f"plugin {plugin!r} cannot route unknown actions: plugin "
                 f"{self.dispatcher.router.plugin!r} already does"
             )
         self.dispatcher.router = RegisteredAction(action, plugin, self.config.plugins.tables.get(plugin, {}))
+        self.dispatcher.router_read_only = read_only
 
     def add_stop_listener(self, listener: Callable[[], None]) -> None:
         self._stop_listeners.append(listener)

@@ -19,13 +19,21 @@ line), checked once and rendered by
 - a verbatim response takes ``blocks`` and a ``completion`` (verbatim or
   not) as any reply does; its ``status`` and ``message`` are read from its
   lines for the audit trail.
+
+:meth:`Response.verbatim_bytes` takes one message as received instead of
+its lines: nothing is split or joined again, only the ActionID line is
+replaced when it is written. It accepts only what the line form would write
+unchanged (CRLF line ends, a header on every line, no CR or LF inside a
+value) and raises ``ValueError`` otherwise, so the caller can fall back to
+the line form.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Optional, Sequence, Tuple
 
-from .protocol import ascii_lower, render_verbatim
+from .protocol import ascii_lower, clean, decode, encode, render_verbatim
 from .records import _TOKENS, Block, Response, _check_name
 
 __all__: list = []
@@ -88,3 +96,48 @@ class _VerbatimResponse(Response):
 
     def render_head(self, action_id: str) -> bytes:
         return render_verbatim(self.headers, action_id, True)
+
+
+#: One response as received: a non-blank ``Response`` line, then header lines (a token name, a
+#: colon, no CR or LF in the rest), then the blank line.
+_RAW_RESPONSE = re.compile(
+    rb"(?i:response):[^\r\n]*[^\s][^\r\n]*\r\n"
+    rb"(?:[^\s:](?:[^:\r\n]*[^\s:])?:[^\r\n]*\r\n)*\r\n"
+)
+_RAW_ACTION_ID = re.compile(rb"\r\n((?i:actionid)):[^\r\n]*")
+_RAW_MESSAGE = re.compile(rb"\r\n(?i:message):([^\r\n]*)")
+
+
+class _VerbatimBytesResponse(Response):
+    """:meth:`Response.verbatim_bytes`: one message as received; only its ActionID line is rewritten."""
+
+    def __init__(self, data: bytes) -> None:
+        if data.__class__ is not bytes:
+            raise TypeError(f"verbatim_bytes takes bytes, got {type(data).__name__}")
+        if _RAW_RESPONSE.fullmatch(data) is None:
+            raise ValueError("verbatim bytes must be one CRLF-framed message, 'Response' first, a header per line")
+        first = data.find(b"\r\n")
+        found = _RAW_ACTION_ID.search(data)
+        message = _RAW_MESSAGE.search(data)
+        fields = self.__dict__
+        fields["status"] = decode(data[data.find(b":") + 1:first]).strip()
+        fields["message"] = decode(message.group(1)).strip() if message is not None else None
+        fields["headers"] = ()
+        fields["blocks"] = ()
+        fields["completion"] = None
+        fields["list_start"] = False
+        fields["events_before_completion"] = False
+        fields["close"] = False
+        # Where the first ActionID line is: (start of the line, end of its text, its name).
+        fields["_raw"] = (data, first, found.start() + 2 if found else -1, found.end() if found else -1,
+                          found.group(1) if found else b"")
+
+    def render_head(self, action_id: str) -> bytes:
+        data, first, start, end, name = self.__dict__["_raw"]
+        if start < 0:
+            if not action_id:
+                return data
+            return b"".join((data[:first], b"\r\nActionID: ", encode(clean(action_id)), data[first:]))
+        if not action_id:
+            return data[:start - 2] + data[end:]
+        return b"".join((data[:start], name, b": ", encode(clean(action_id)), data[end:]))

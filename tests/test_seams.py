@@ -143,10 +143,16 @@ class Policy:
         def forward(ctx):
             return Response.success("Forwarded", {"Name": ctx.request.action})
 
+        def texts(session):
+            marked = session.attributes.get("hide_marked")
+            return None if marked is None else (lambda data: not data.endswith(marked.encode() + b"\r\n\r\n"))
+
         server.add_action_guard(guard)
         server.add_event_guard(events)
+        server.add_event_guard(texts, on_text=True)
         server.add_action_lister(lambda session: [Action("Originate", forward, "Originate a call.", "originate")])
-        server.route_unknown(Action("Forward", forward, "Forward to the upstream.", ()))
+        server.route_unknown(Action("Forward", forward, "Forward to the upstream.", ()),
+                             read_only=lambda name: name.lower() == "getvar")
 
 
 def policy_server():
@@ -154,7 +160,7 @@ def policy_server():
         **USERS,
         "crm": {"secret": "crmpass", "read": "system,call,user", "write": "all",
                 "attributes": {"actions": ["ping", "originate", "listcommands", "userevent"],
-                               "hide_events": ["Hidden"]}},
+                               "hide_events": ["Hidden"], "hide_marked": "Mark: b"}},
     }
     return MemoryServer(make_config({"users": users}), extra_plugins=[("policy", Policy())])
 
@@ -181,6 +187,18 @@ def test_guards_refuse_with_the_rule_audited_or_answer_their_own_error():
         assert memory.log.records("ActionExecuted")[-1]["action"] == "Originate"
 
 
+@pytest.mark.parametrize("audit_read_only", [False, True])
+def test_routed_actions_the_router_calls_read_only_are_audited_as_read_only_actions(audit_read_only):
+    config = make_config({"users": USERS, "logging": {"audit_read_only_actions": audit_read_only}})
+    with MemoryServer(config, extra_plugins=[("policy", Policy())]) as memory:
+        peer = memory.connect()
+        peer.send(b"Action: Login\r\nUsername: admin\r\nSecret: adminpass\r\nEvents: off\r\n\r\n")
+        peer.send(b"Action: GetVar\r\nActionID: g\r\n\r\nAction: Setvar\r\nActionID: s\r\n\r\n")
+        assert peer.read().count(b"Message: Forwarded") == 2
+        audited = [r["action_id"] for r in memory.log.records("ActionExecuted") if r["action_id"] in ("g", "s")]
+        assert audited == (["g", "s"] if audit_read_only else ["s"])
+
+
 def test_list_commands_shows_listed_actions_that_classes_and_guards_allow_b_5_7():
     with policy_server() as memory:
         peer = crm_login(memory)
@@ -204,6 +222,19 @@ def test_an_event_guard_hides_event_names_from_a_session():
         memory.run()
         names = [b.get("Event") or b.get("Response") for b in parse_blocks(peer.read())]
         assert names == ["Success", "UserEvent", "Shown"]
+
+
+def test_an_event_guard_on_text_reads_the_event_as_written():
+    with policy_server() as memory:
+        peer = crm_login(memory)
+        admin = memory.connect()
+        admin.send(b"Action: Login\r\nUsername: admin\r\nSecret: adminpass\r\n\r\n")
+        admin.read()
+        for mark in ("a", "b", "c"):
+            memory.server.publish(Event("Shown", "user", {"Mark": mark}))
+        memory.run()
+        assert [b.get("Mark") for b in parse_blocks(peer.read())] == ["a", "c"]
+        assert [b.get("Mark") for b in parse_blocks(admin.read())] == ["a", "b", "c"]
 
 
 def test_only_one_plugin_may_route_unknown_actions():

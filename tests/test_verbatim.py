@@ -112,3 +112,55 @@ def test_invalid_verbatim_block_is_refused():
         Block.verbatim([("Response", " Success")])
     with pytest.raises(TypeError):
         Block.verbatim([("Event", 3)])
+
+
+RAW = b"Response: Follows\r\nActionID: gw-7\r\nMessage:Command output\r\nOutput: line one\r\nOutput:\r\n\r\n"
+
+
+class VerbatimBytes:
+    @hookimpl
+    def register_actions(self, server):
+        def raw(ctx):
+            data = RAW if ctx.request.get("Variant") != "none" else RAW.replace(b"ActionID: gw-7\r\n", b"")
+            return Response.verbatim_bytes(data)
+
+        return [Action("Raw", raw, "verbatim bytes", ())]
+
+
+def test_verbatim_bytes_are_written_as_received_with_the_clients_actionid():
+    with MemoryServer(make_config({"users": USERS}), extra_plugins=[("raw", VerbatimBytes())]) as memory:
+        peer = logged_in(memory)
+        peer.send(b"Action: Raw\r\nActionID: mine\r\n\r\n")
+        assert peer.read() == RAW.replace(b"gw-7", b"mine")
+        peer.send(b"Action: Raw\r\n\r\n")  # no ActionID: the line goes
+        assert peer.read() == RAW.replace(b"ActionID: gw-7\r\n", b"")
+        peer.send(b"Action: Raw\r\nVariant: none\r\nActionID: x\r\n\r\n")  # none in the reply: one second
+        assert peer.read() == b"Response: Follows\r\nActionID: x\r\n" + RAW.split(b"\r\n", 2)[2]
+        (record,) = [r for r in memory.log.records("ActionExecuted") if r["action_id"] == "mine"]
+        assert record["result"] == "Follows" and record["message"] == "Command output"
+
+
+def test_verbatim_bytes_render_like_the_line_form():
+    lines = (("Response", " Success"), ("actionid", "gw-1"), ("Message", " Pong "), ("X", ""))
+    data = b"Response: Success\r\nactionid:gw-1\r\nMessage: Pong \r\nX:\r\n\r\n"
+    for action_id in ("", "7", "a\rb"):
+        assert Response.verbatim_bytes(data).render_head(action_id) == Response.verbatim(lines).render_head(action_id)
+    raw = Response.verbatim_bytes(data)
+    assert (raw.status, raw.message, raw.blocks, raw.completion) == ("Success", "Pong", (), None)
+
+
+@pytest.mark.parametrize("data", [
+    b"Event: X\r\n\r\n",                          # not a response
+    b"Response: Success\r\nActionID: 1\r\n",      # no blank line
+    b"Response: Success\nActionID: 1\r\n\r\n",    # a bare LF
+    b"Response: Success\r\nA: b\rc\r\n\r\n",       # a CR inside a value
+    b"Response: Success\r\nno colon\r\n\r\n",     # a line that is not a header
+    b"Response: Success\r\n Name: x\r\n\r\n",     # a name with an outer blank
+    b"Response:  \r\n\r\n",                       # an empty status
+    b"Response: Success\r\n\r\nResponse: Success\r\n\r\n",  # two messages
+])
+def test_verbatim_bytes_refuse_what_the_line_form_would_change(data):
+    with pytest.raises(ValueError):
+        Response.verbatim_bytes(data)
+    with pytest.raises(TypeError):
+        Response.verbatim_bytes(data.decode())  # type: ignore[arg-type]

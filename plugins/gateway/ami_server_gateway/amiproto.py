@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 __all__ = [
-    "Broadcast", "Effect", "LoginFailed", "LoggedIn", "Reply", "ShutdownSeen", "UpMessage", "UpstreamSession",
-    "StreamParser", "build_request", "parse_listcommands", "raw_lines",
+    "Broadcast", "Effect", "LoginFailed", "LoggedIn", "RawReply", "Reply", "ShutdownSeen", "UpMessage",
+    "UpstreamSession", "StreamParser", "build_request", "parse_listcommands", "parse_message", "raw_lines",
 ]
 
 Pairs = Tuple[Tuple[str, str], ...]
@@ -73,6 +73,13 @@ def _split_message(text: str) -> Pairs:
     return tuple(pairs)
 
 
+def parse_message(chunk: bytes) -> Optional[UpMessage]:
+    """One message's bytes (no blank line) as an :class:`UpMessage`; ``None`` if no line is a header."""
+    text = chunk.decode("utf-8", "surrogateescape")
+    pairs = _split_message(text)
+    return UpMessage(pairs, text) if pairs else None
+
+
 def raw_lines(message: UpMessage) -> Pairs:
     """The message's header lines as ``(name, rest)``, ``rest`` as received after the colon.
 
@@ -99,6 +106,15 @@ class StreamParser:
         self.banner: Optional[str] = None
 
     def feed(self, data: bytes) -> List[UpMessage]:
+        out = []
+        for chunk in self.feed_raw(data):
+            message = parse_message(chunk)
+            if message is not None:
+                out.append(message)
+        return out
+
+    def feed_raw(self, data: bytes) -> List[bytes]:
+        """The complete messages in ``data`` (and what came before), as bytes without the blank line."""
         buf = self._buf + data if self._buf else data
         if self.banner is None:
             end = buf.find(b"\r\n")
@@ -113,13 +129,11 @@ class StreamParser:
             return []
         self._buf = buf[last + 4:]
         out = []
-        for chunk in buf[:last].decode("utf-8", "surrogateescape").split("\r\n\r\n"):
-            while chunk.startswith("\r\n"):
+        for chunk in buf[:last].split(b"\r\n\r\n"):
+            while chunk.startswith(b"\r\n"):
                 chunk = chunk[2:]  # stray blank lines between messages
             if chunk:
-                pairs = _split_message(chunk)
-                if pairs:
-                    out.append(UpMessage(pairs, chunk))
+                out.append(chunk)
         return out
 
     @property
@@ -172,6 +186,14 @@ class Reply:
     response: UpMessage
     items: Tuple[UpMessage, ...] = ()
     completion: Optional[UpMessage] = None
+
+
+@dataclass(frozen=True)
+class RawReply:
+    """A one-message answer to request ``token``, as received (the blank line included)."""
+
+    token: object
+    data: bytes
 
 
 @dataclass(frozen=True)
@@ -299,9 +321,25 @@ class UpstreamSession:
                                      ("Events", "on" if self._events else "off")])
 
     def receive(self, data: bytes) -> List[Effect]:
+        """The effects of ``data``. A plain reply to a forwarded request (``ActionID`` second, no
+        ``EventList``) is routed on its bytes, unparsed: the common case, kept cheap."""
         effects: List[Effect] = []
-        for message in self.parser.feed(data):
-            self._route(message, effects)
+        pending = self._pending
+        up = self.state == "up"
+        for chunk in self.parser.feed_raw(data):
+            if up and chunk.startswith(b"Response: "):
+                first = chunk.find(b"\r\n")
+                if chunk.startswith(b"ActionID: ", first + 2):
+                    end = chunk.find(b"\r\n", first + 12)
+                    gw_id = chunk[first + 12:end if end >= 0 else len(chunk)].decode("latin-1")
+                    waiting = pending.get(gw_id)
+                    if waiting is not None and waiting.response is None and b"ventlist" not in chunk.lower():
+                        del pending[gw_id]
+                        effects.append(RawReply(waiting.token, chunk + b"\r\n\r\n"))
+                        continue
+            message = parse_message(chunk)
+            if message is not None:
+                self._route(message, effects)
         return effects
 
     def _route(self, message: UpMessage, effects: List[Effect]) -> None:

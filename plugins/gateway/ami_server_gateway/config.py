@@ -15,6 +15,16 @@ from typing import Any, Mapping, Optional, Tuple
 __all__ = ["ConfigError", "GatewayConfig", "Secret", "UpstreamConfig", "parse_gateway_config"]
 
 ROOT = "plugins.gateway"
+#: Asterisk actions that only report: forwarded, they are audited as read-only actions are
+#: (``ActionExecuted`` only with ``[logging] audit_read_only_actions``). ``read_only_actions`` replaces it.
+READ_ONLY_ACTIONS = (
+    "Ping", "Status", "CoreShowChannels", "CoreShowChannelMap", "CoreStatus", "CoreSettings", "ListCommands",
+    "Getvar", "QueueStatus", "QueueSummary", "ExtensionState", "ExtensionStateList", "DeviceStateList",
+    "PresenceState", "PresenceStateList", "MailboxCount", "MailboxStatus", "BridgeList", "BridgeInfo",
+    "ParkedCalls", "Parkinglots", "PJSIPShowEndpoints", "PJSIPShowEndpoint", "PJSIPShowRegistrationsOutbound",
+    "PJSIPShowContacts", "PJSIPShowAors", "SIPpeers", "SIPshowpeer", "IAXpeers", "IAXpeerlist", "ConfbridgeList",
+    "ConfbridgeListRooms", "AgentsStatus", "VoicemailUsersList", "CoreShowChannelsCount",
+)
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _HEADER_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -62,6 +72,14 @@ class UpstreamConfig:
     pool_idle: float = 30.0
     blocking_actions: Tuple[str, ...] = ()
     max_pending: int = 10000
+    #: The TLS settings as written (``tls``, ``tls_ca_file``, ``tls_verify``), to compare on reload.
+    tls_settings: Tuple[Any, ...] = ()
+
+    @property
+    def session_key(self) -> Tuple[Any, ...]:
+        """What the upstream session depends on: a reload that changes it reconnects the upstream."""
+        return (self.host, self.port, self.username, self.secret.value(), self.auth, self.tls_settings,
+                self.tls_server_name, self.connect_timeout)
 
 
 @dataclass(frozen=True)
@@ -70,6 +88,7 @@ class GatewayConfig:
     default_upstream: str
     upstream_header: str = "Upstream"
     event_header: str = ""
+    read_only_actions: Tuple[str, ...] = READ_ONLY_ACTIONS
 
     @property
     def longest_timeout(self) -> float:
@@ -152,15 +171,16 @@ def _secret(table: _Table, env: Mapping[str, str]) -> Secret:
     return Secret(text)
 
 
-def _tls(table: _Table) -> Tuple[Optional[ssl.SSLContext], Optional[str]]:
+def _tls(table: _Table) -> Tuple[Optional[ssl.SSLContext], Optional[str], Tuple[Any, ...]]:
     enabled = table.bool("tls", False)
     ca_file = table.str("tls_ca_file")
     verify = table.bool("tls_verify", True)
     server_name = table.str("tls_server_name")
+    settings = (enabled, ca_file, verify)
     if not enabled:
         if ca_file or server_name:
             raise table.error("tls", "tls_ca_file and tls_server_name need tls = true")
-        return None, None
+        return None, None, settings
     context = ssl.create_default_context()
     if ca_file:
         try:
@@ -170,7 +190,7 @@ def _tls(table: _Table) -> Tuple[Optional[ssl.SSLContext], Optional[str]]:
     if not verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    return context, server_name
+    return context, server_name, settings
 
 
 def _upstream(name: str, data: Any, env: Mapping[str, str]) -> UpstreamConfig:
@@ -186,7 +206,7 @@ def _upstream(name: str, data: Any, env: Mapping[str, str]) -> UpstreamConfig:
     auth = table.str("auth", "md5")
     if auth not in ("md5", "plain"):
         raise table.error("auth", "must be 'md5' or 'plain'")
-    tls, server_name = _tls(table)
+    tls, server_name, tls_settings = _tls(table)
     initial = table.number("backoff_initial", 0.5, 0.01, 3600)
     config = UpstreamConfig(
         name=name, host=host or "", port=port, username=username, secret=secret, auth=auth or "md5",
@@ -201,6 +221,7 @@ def _upstream(name: str, data: Any, env: Mapping[str, str]) -> UpstreamConfig:
         pool_idle=table.number("pool_idle", 30.0, 0.1, 86400),
         blocking_actions=table.names("blocking_actions"),
         max_pending=table.int("max_pending", 10000, 1, 10_000_000),
+        tls_settings=tls_settings,
     )
     table.done()
     return config
@@ -224,8 +245,13 @@ def parse_gateway_config(data: Mapping[str, Any], env: Optional[Mapping[str, str
     header = table.str("upstream_header", "Upstream") or ""
     if not _HEADER_RE.match(header) or header.lower() in ("action", "actionid"):
         raise table.error("upstream_header", "must be a header name (letters, digits, '-', '_')")
-    event_header = table.str("event_header", "") or ""
+    # With several upstreams every upstream event says where it comes from: clients need it, and so
+    # does the filter that keeps a user's events to the upstreams the user may use.
+    event_header = table.str("event_header", "Upstream" if len(upstreams) > 1 else "") or ""
     if event_header and not _HEADER_RE.match(event_header):
         raise table.error("event_header", "must be empty or a header name")
+    if not event_header and len(upstreams) > 1:
+        raise table.error("event_header", "must name a header when there are several upstreams")
+    read_only = table.names("read_only_actions") if "read_only_actions" in table.data else READ_ONLY_ACTIONS
     table.done()
-    return GatewayConfig(upstreams, default, header, event_header)
+    return GatewayConfig(upstreams, default, header, event_header, read_only)

@@ -1,11 +1,12 @@
 """The gateway: forwards what no local plugin answers, applies the per-user policy.
 
 Wired through the public seams only: ``route_unknown`` (forwarding, as a
-``concurrent`` action), ``add_action_guard`` (policy, rate limit, the
-upstream's own classes), ``add_event_guard`` (event allow/deny),
-``add_action_lister`` (the upstream's actions in ListCommands), ``connect``
-and ``publish`` (upstream sessions and their events), ``log``,
-``add_secret`` and ``on_stop``.
+``concurrent`` action, with the read-only names), ``add_action_guard``
+(policy, rate limit, the upstream's own classes), ``add_event_guard``
+(event allow/deny, and the upstreams a user may use), ``add_action_lister``
+(the upstream's actions in ListCommands), ``connect`` and ``publish``
+(upstream sessions and their events), ``log``, ``add_secret``, ``on_stop``
+and ``on_reload`` (the ``[plugins.gateway]`` table read again).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence
 
 from ami_server import Action, ActionError, Block, Event, Response, SessionInfo
 
-from .config import GatewayConfig
+from .config import ConfigError, GatewayConfig, parse_gateway_config
 from .policy import ALWAYS_ALLOWED, Policy, RateLimiter, compile_policy
 from .upstream import Request, Upstream
 
@@ -44,6 +45,42 @@ class _Line:
         self.waiting: Deque[Tuple[Upstream, Request, Any]] = deque()
 
 
+class _UpstreamFilter:
+    """Which events a user limited to ``permitted`` upstreams receives (read on the rendered event).
+
+    An upstream's event ends with the ``event_header`` line naming it (the
+    gateway puts it last, so nothing the upstream sends can stand in for it);
+    the gateway's own ``UpstreamConnected``, ``UpstreamLost`` and
+    ``UpstreamLoginFailed`` name theirs in their ``Upstream`` header. The
+    upstreams refused are worked out again after a reload.
+    """
+
+    __slots__ = ("gateway", "permitted", "_config", "_tails", "_states")
+
+    def __init__(self, gateway: "Gateway", permitted: frozenset) -> None:
+        self.gateway = gateway
+        self.permitted = permitted
+        self._config: Any = None
+
+    def _refresh(self) -> None:
+        gateway = self.gateway
+        self._config = gateway.config
+        refused = [name for name in gateway.upstreams if name not in self.permitted]
+        marker = gateway._marker
+        self._tails = tuple(marker + name.encode() + b"\r\n\r\n" for name in refused) if marker else ()
+        self._states = tuple(f"\r\nUpstream: {name}\r\n".encode() for name in refused)
+
+    def accepts(self, data: bytes) -> bool:
+        if self._config is not self.gateway.config:
+            self._refresh()
+        if self._tails and data.endswith(self._tails):
+            return False
+        if data.startswith(b"Event: Upstream") and self._states:
+            head = data[:data.find(b"\r\n", data.find(b"\r\nUpstream: ") + 2) + 2]
+            return not head.endswith(self._states)
+        return True
+
+
 class Gateway:
     """One server's gateway: its upstreams, policies and rate limits."""
 
@@ -55,13 +92,21 @@ class Gateway:
         self.rates = RateLimiter()
         self.upstreams: Dict[str, Upstream] = {name: Upstream(c, self) for name, c in config.upstreams.items()}
         self._policies: Dict[int, Tuple[Any, Policy]] = {}
-        self._header = config.upstream_header
-        self._drop = (config.upstream_header.lower(),)
-        self._extra: Dict[str, Tuple[Tuple[str, str], ...]] = {
-            name: ((config.event_header, name),) if config.event_header else () for name in self.upstreams
-        }
         #: Each client's requests in flight, by session id (kept until the session closes).
         self._lines: Dict[str, _Line] = {}
+        self._settings(config)
+
+    def _settings(self, config: GatewayConfig) -> None:
+        """What is derived from the gateway-wide settings (at start and at each reload)."""
+        self.config = config
+        self._header = config.upstream_header
+        self._header_key = config.upstream_header.lower()
+        self._drop = (self._header_key,)
+        self._read_only = frozenset(name.lower() for name in config.read_only_actions)
+        self._extra: Dict[str, Tuple[Tuple[str, str], ...]] = {
+            name: ((config.event_header, name),) if config.event_header else () for name in config.upstreams
+        }
+        self._marker = f"\r\n{config.event_header}: ".encode() if config.event_header else b""
 
     # -- wiring --------------------------------------------------------------
     def register(self) -> List[Action]:
@@ -70,13 +115,16 @@ class Gateway:
             server.add_secret(upstream.secret.value())
         # Concurrent: a client's pipelined requests are in flight together (see _Line), and
         # the server writes their replies in request order.
+        self._router_timeout = self.config.longest_timeout + 5.0
         server.route_unknown(Action(
             "GatewayForward", self.route, "Forward an action to an upstream Asterisk.", (),
-            timeout=self.config.longest_timeout + 5.0, concurrent=True,
-        ))
+            timeout=self._router_timeout, concurrent=True,
+        ), read_only=self.read_only)
         server.on_stop(self.stop)
+        server.on_reload(self.reload)
         server.add_action_guard(self.guard)
         server.add_event_guard(self.event_guard)
+        server.add_event_guard(self.upstream_event_guard, on_text=True)
         server.add_action_lister(self.lister)
         server.call_soon_threadsafe(self.start)
         return [Action("GatewayStatus", self.status_action, "Show the gateway's upstream connections.", "system",
@@ -91,7 +139,44 @@ class Gateway:
             upstream.stop()
 
     def event_extra(self, name: str) -> Tuple[Tuple[str, str], ...]:
-        return self._extra[name]
+        return self._extra.get(name, ())
+
+    def read_only(self, action: str) -> bool:
+        """Forwarded actions that only report are audited as read-only actions (``read_only_actions``)."""
+        return action.lower() in self._read_only
+
+    def reload(self, config: Any, control: Any) -> None:
+        """Apply a reloaded ``[plugins.gateway]``: new upstreams connect, removed ones close, one
+        whose session settings changed reconnects; the others keep their session."""
+        try:
+            new = parse_gateway_config(config.plugins.tables.get("gateway", {}))
+        except ConfigError as exc:
+            self.log.error("GatewayReloadFailed", error=str(exc))
+            return
+        if new is None:
+            self.log.error("GatewayReloadFailed", error="no upstream configured; the running upstreams are kept")
+            return
+        added, removed, reconnected, updated = [], [], [], []
+        for name in [name for name in self.upstreams if name not in new.upstreams]:
+            self.upstreams.pop(name).retire("removed by reload")
+            removed.append(name)
+        for name, settings in new.upstreams.items():
+            self.server.add_secret(settings.secret.value())
+            running = self.upstreams.get(name)
+            if running is not None and running.config.session_key == settings.session_key:
+                if running.reconfigure(settings):
+                    updated.append(name)
+                continue
+            if running is not None:
+                running.retire("settings changed by reload")
+            fresh = self.upstreams[name] = Upstream(settings, self)
+            fresh.connect()
+            (reconnected if running is not None else added).append(name)
+        self._settings(new)
+        # The server's own timeout for a forwarded action was fixed at start-up.
+        restart = ["timeouts"] if new.longest_timeout + 5.0 > self._router_timeout else []
+        self.log.info("GatewayReloaded", added=added, removed=removed, reconnected=reconnected, updated=updated,
+                      restart_required=restart)
 
     def state_change(self, event: str, headers: Sequence[Tuple[str, str]], **fields: Any) -> None:
         """An upstream changed state: one audit record and one ``system`` event."""
@@ -117,7 +202,15 @@ class Gateway:
         return policy
 
     def _upstream_name(self, policy: Policy, request: Any) -> str:
-        chosen = request.get(self._header) if request is not None else None
+        chosen = None
+        if request is not None:
+            # Most requests name no upstream: look for the header's name before parsing any header.
+            key = self._header_key
+            size = len(key)
+            for line in request.lines:
+                if line[:size].lower() == key:
+                    chosen = request.get(self._header)
+                    break
         return chosen or policy.upstream or self.config.default_upstream
 
     def guard(self, session: SessionInfo, action: str, request: Any) -> Optional[str]:
@@ -148,6 +241,14 @@ class Gateway:
 
     def event_guard(self, session: SessionInfo) -> Optional[Callable[[str], bool]]:
         return self.policy(session).event_predicate()
+
+    def upstream_event_guard(self, session: SessionInfo) -> Optional[Callable[[bytes], bool]]:
+        """For a user limited to some upstreams: a predicate on events as written that refuses the
+        others' events (marked by ``event_header``, last) and the gateway's events about them."""
+        permitted = self.policy(session).upstreams
+        if permitted is None:
+            return None
+        return _UpstreamFilter(self, permitted).accepts
 
     def lister(self, session: SessionInfo) -> List[Action]:
         upstream = self.upstreams.get(self._upstream_name(self.policy(session), None))

@@ -10,11 +10,13 @@ goes away.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional
 
 from ami_server import Action, ActionError, Backoff, Deferred, Response, StreamProtocol, TimerHandle, parse_event_mask
 
-from .amiproto import Broadcast, LoggedIn, LoginFailed, Reply, ShutdownSeen, UpstreamSession
+from .amiproto import Broadcast, LoggedIn, LoginFailed, RawReply, Reply, ShutdownSeen, UpstreamSession, parse_message
 from .config import UpstreamConfig
 from .render import to_event, to_response
 
@@ -29,7 +31,7 @@ __all__ = ["Link", "Request", "Upstream"]
 class Request:
     """One forwarded client request; answered exactly once (``deferred`` is ``None`` once its client left)."""
 
-    __slots__ = ("deferred", "client_action_id", "session_id", "lines", "blocking", "link", "gw_id", "timer",
+    __slots__ = ("deferred", "client_action_id", "session_id", "lines", "blocking", "link", "gw_id", "deadline",
                  "done", "drop")
 
     def __init__(self, deferred: Deferred, client_action_id: str, session_id: str, lines: List[str],
@@ -42,7 +44,8 @@ class Request:
         self.drop = drop
         self.link: Optional["Link"] = None
         self.gw_id = ""
-        self.timer: Optional[TimerHandle] = None
+        #: When it times out (``time.monotonic``); 0.0 until it is tracked.
+        self.deadline = 0.0
         self.done = False
 
 
@@ -124,6 +127,11 @@ def _listed(name: str, synopsis: str, privilege: str) -> Optional[Action]:
         return None
 
 
+#: Settings a reload applies to a running upstream session without reconnecting it.
+_TUNABLE = ("action_timeout", "blocking_timeout", "backoff_initial", "backoff_cap", "backoff_jitter", "pool_size",
+            "pool_idle", "blocking_actions", "max_pending")
+
+
 class Upstream:
     """One configured Asterisk: state, main link, pool of links for blocking actions."""
 
@@ -140,9 +148,16 @@ class Upstream:
         self.privileges: Dict[str, int] = {}
         self.blocking = frozenset(a.lower() for a in config.blocking_actions)
         self.requests: Dict[int, Request] = {}
+        # Deadlines in the order tracked, one queue per timeout (main session, pool): each is in
+        # deadline order, so one timer for the earliest head serves every request.
+        self._expiry: Deque[Request] = deque()
+        self._pool_expiry: Deque[Request] = deque()
+        self._sweep_timer: Optional[TimerHandle] = None
+        self._sweep_at = 0.0
         self.ever_up = False
         self.reported_down = False
         self.stopped = False
+        self.stop_reason: Optional[str] = None
         self._serial = 0
         self.stats = {"Connects": 0, "Forwarded": 0, "Events": 0, "Timeouts": 0, "Failed": 0, "Busy": 0,
                       "Discarded": 0, "LoginFailures": 0}
@@ -160,10 +175,26 @@ class Upstream:
         self.main = Link(self, "main")
         self.main.open()
 
+    def retire(self, reason: str) -> None:
+        """Removed or replaced by a reload: close for good; what is outstanding is answered with an error."""
+        self.stop_reason = reason
+        self.stop()
+
+    def reconfigure(self, config: UpstreamConfig) -> bool:
+        """Settings a running session takes as they are (timeouts, pool, limits); True if any changed."""
+        before = self.config
+        self.config = config
+        self.blocking = frozenset(a.lower() for a in config.blocking_actions)
+        self.backoff = Backoff(config.backoff_initial, config.backoff_cap, config.backoff_jitter)
+        return any(getattr(before, key) != getattr(config, key) for key in _TUNABLE)
+
     def stop(self) -> None:
         self.stopped = True
         if self.retry is not None:
             self.retry.cancel()
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
         for link in [self.main, *self.pool]:
             if link is not None:
                 link.close()
@@ -173,13 +204,16 @@ class Upstream:
             cls = effect.__class__
             if cls is Broadcast:
                 self._publish(effect)  # type: ignore[arg-type]
-            elif cls is Reply:
-                request = effect.token  # type: ignore[attr-defined]
+            elif cls is RawReply:
                 try:
-                    response = to_response(effect)  # type: ignore[arg-type]
-                except ValueError:
-                    response = Response.error(f"Upstream {self.name} sent a reply that cannot be passed on")
-                self.answer(request, response)
+                    response = Response.verbatim_bytes(effect.data)  # type: ignore[attr-defined]
+                except ValueError:  # what only the line form passes on (a bare CR, a line without colon)
+                    message = parse_message(effect.data[:-4])  # type: ignore[attr-defined]
+                    response = self._convert(Reply(effect.token, message)) if message is not None else \
+                        Response.error(f"Upstream {self.name} sent a reply that cannot be passed on")
+                self.answer(effect.token, response)  # type: ignore[attr-defined]
+            elif cls is Reply:
+                self.answer(effect.token, self._convert(effect))  # type: ignore[attr-defined, arg-type]
             elif cls is LoggedIn:
                 self._logged_in(link, effect)  # type: ignore[arg-type]
             elif cls is LoginFailed:
@@ -188,6 +222,12 @@ class Upstream:
                 restart = effect.message.get("Restart", "")  # type: ignore[attr-defined]
                 self._down(link, f"Shutdown (Restart: {restart})" if restart else "Shutdown")
                 link.close()
+
+    def _convert(self, reply: Reply) -> Response:
+        try:
+            return to_response(reply)
+        except ValueError:
+            return Response.error(f"Upstream {self.name} sent a reply that cannot be passed on")
 
     def _publish(self, broadcast: Broadcast) -> None:
         self.stats["Events"] += 1
@@ -267,7 +307,7 @@ class Upstream:
     def lost(self, link: Link, error: Optional[str]) -> None:
         if link is self.main:
             if self.state != "down":
-                self._down(link, error or "connection closed")
+                self._down(link, error or self.stop_reason or "connection closed")
             self.main = None
             if self.stopped:
                 return
@@ -306,14 +346,45 @@ class Upstream:
         link.busy = True
         link.waiting = request
         self.pool.append(link)
-        self._track(request, self.config.blocking_timeout)
+        self._track(request, True)
         link.open()
         return None
 
-    def _track(self, request: Request, timeout: float) -> None:
-        if request.timer is None:
-            self.requests[id(request)] = request
-            request.timer = self.gateway.server.call_later(timeout, lambda: self._timed_out(request))
+    def _track(self, request: Request, pool: bool) -> None:
+        """Count ``request`` outstanding until answered, and give it a deadline (once)."""
+        if request.deadline:
+            return
+        self.requests[id(request)] = request
+        config = self.config
+        request.deadline = deadline = time.monotonic() + (config.blocking_timeout if pool else config.action_timeout)
+        (self._pool_expiry if pool else self._expiry).append(request)
+        if self._sweep_timer is None or deadline < self._sweep_at:
+            self._arm(deadline)
+
+    def _arm(self, deadline: float) -> None:
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+        self._sweep_at = deadline
+        self._sweep_timer = self.gateway.server.call_later(max(0.0, deadline - time.monotonic()), self._sweep)
+
+    def _sweep(self) -> None:
+        """Time out every request past its deadline; then wait for the next earliest one."""
+        self._sweep_timer = None
+        now = time.monotonic()
+        for queue in (self._expiry, self._pool_expiry):
+            while queue and (queue[0].done or queue[0].deadline <= now):
+                request = queue.popleft()
+                if not request.done:
+                    self._timed_out(request)
+        heads = [queue[0].deadline for queue in (self._expiry, self._pool_expiry) if queue]
+        if heads and self._sweep_timer is None:
+            self._arm(min(heads))
+
+    @staticmethod
+    def _trim(queue: Deque[Request]) -> None:
+        """Drop answered requests from the head: a queue holds little more than what is outstanding."""
+        while queue and queue[0].done:
+            queue.popleft()
 
     def _send(self, link: Link, request: Request) -> None:
         request.link = link
@@ -325,15 +396,18 @@ class Upstream:
         request.gw_id = link.session.submit(request.lines, request.client_action_id, request, request.drop)
         link.flush_soon()
         self.stats["Forwarded"] += 1
-        self._track(request, self.config.blocking_timeout if link is not self.main else self.config.action_timeout)
+        self._track(request, link is not self.main)
 
     def answer(self, request: Request, response: Response, failed: bool = False) -> None:
         if request.done:
             return
         request.done = True
-        if request.timer is not None:
-            request.timer.cancel()
         self.requests.pop(id(request), None)
+        expiry = self._expiry
+        if expiry and expiry[0] is request:
+            self._trim(expiry)
+        elif self._pool_expiry:
+            self._trim(self._pool_expiry)
         if failed:
             self.stats["Failed"] += 1
         link = request.link

@@ -7,8 +7,8 @@ import hashlib
 import pytest
 
 from ami_server_gateway.amiproto import (
-    Broadcast, LoggedIn, LoginFailed, Reply, ShutdownSeen, StreamParser, UpstreamSession, build_request,
-    parse_listcommands,
+    Broadcast, LoggedIn, LoginFailed, RawReply, Reply, ShutdownSeen, StreamParser, UpstreamSession, build_request,
+    parse_listcommands, parse_message,
 )
 from ami_server_gateway.policy import RateLimiter, compile_policy
 
@@ -90,9 +90,10 @@ def test_replies_go_to_their_own_requests_in_any_order() -> None:
         + f"Event: Status\r\nPrivilege: Call\r\nChannel: A\r\nActionID: {first}\r\n\r\n".encode()
         + f"Event: StatusComplete\r\nActionID: {first}\r\nEventList: Complete\r\nListItems: 1\r\nItems: 1\r\n\r\n".encode()
     )
-    assert [type(e).__name__ for e in effects] == ["Reply", "Broadcast", "Reply"]
+    assert [type(e).__name__ for e in effects] == ["RawReply", "Broadcast", "Reply"]
     ping, event, status = effects
-    assert ping.token == "tok2" and ping.items == ()
+    # A plain reply is passed on as received, its blank line included.
+    assert ping == RawReply("tok2", f"Response: Success\r\nActionID: {second}\r\nPing: Pong\r\n\r\n".encode())
     assert event.message.get("Event") == "Newchannel" and event.action_id is None
     assert status.token == "tok1" and [i.get("Channel") for i in status.items] == ["A"]
     assert status.completion.get("Items") == "1"
@@ -108,7 +109,7 @@ def test_broadcast_quoting_a_forwarded_request_restores_the_client_id() -> None:
         + f"Event: OriginateResponse\r\nPrivilege: call,all\r\nActionID: {gw_id}\r\nResponse: Success\r\n\r\n".encode()
         + f"Event: OriginateResponse\r\nPrivilege: call,all\r\nActionID: {no_id}\r\nResponse: Failure\r\n\r\n".encode()
     )
-    assert isinstance(effects[0], Reply)
+    assert isinstance(effects[0], RawReply) and effects[0].token == "tok"
     assert effects[1] == Broadcast(effects[1].message, "orig-1")
     assert effects[2].action_id == ""
 
@@ -147,7 +148,7 @@ def test_listcommands_parsing() -> None:
     (reply,) = session.receive(
         f"Response: Success\r\nActionID: {gw_id}\r\nWaitEvent: Wait for an event to occur.  (Priv: <none>)\r\n\r\n".encode()
     )
-    assert parse_listcommands(reply.response) == [("WaitEvent", "Wait for an event to occur.", "<none>")]
+    assert parse_listcommands(parse_message(reply.data[:-4])) == [("WaitEvent", "Wait for an event to occur.", "<none>")]
 
 
 def test_policy_rules() -> None:

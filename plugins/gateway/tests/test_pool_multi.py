@@ -121,3 +121,22 @@ def test_events_name_their_upstream_and_one_down_leaves_the_other_working(two) -
         assert admin.action("CoreSettings", {"Upstream": "pbx2"})["Message"] == "Upstream pbx2 unavailable"
         assert admin.action("CoreSettings")["ServedBy"] == "pbx1"
         assert admin.action("Ping")["Ping"] == "Pong"
+
+
+def test_a_user_limited_to_some_upstreams_gets_no_events_of_the_others(two) -> None:
+    gateway, first, second = two
+    with gateway.client() as admin, gateway.client() as east:
+        admin.login("admin", "adminpass", events="on")
+        east.login("east", "eastpass", events="on")
+        first.push(b"Event: Newchannel\r\nPrivilege: call,all\r\nChannel: FromOne\r\n\r\n")
+        assert admin.wait_event("Newchannel")["Channel"] == "FromOne"  # published before the next one
+        second.push(b"Event: Newchannel\r\nPrivilege: call,all\r\nChannel: FromTwo\r\n\r\n")
+        assert admin.wait_event("Newchannel")["Channel"] == "FromTwo"
+        event = east.wait_event("Newchannel")
+        assert (event["Channel"], event.lines[-1]) == ("FromTwo", ("Upstream", "pbx2"))
+        first.stop()  # the gateway's own events about pbx1 are not for east either
+        assert admin.wait_event("UpstreamLost")["Upstream"] == "pbx1"
+        second.push(b"Event: Hangup\r\nPrivilege: call,all\r\nChannel: FromTwo\r\n\r\n")
+        assert east.wait_event("Hangup")["Channel"] == "FromTwo"
+        assert east.action("Ping")["Response"] == "Success"
+        assert [e for e in east.events if e.get("Channel") == "FromOne" or e.get("Upstream") == "pbx1"] == []
