@@ -346,9 +346,6 @@ class LoginPolicy:
         if mask is not None:
             session.mask = mask
         session.login_time = time.time()
-        if session.auth_timer is not None:
-            session.auth_timer.cancel()
-            session.auth_timer = None
         self.core.logged_in(session)
         session.changed()
         if self.event_guards:
