@@ -3,12 +3,11 @@
 Each server instance builds its own logger (no global structlog
 configuration), so tests and embedded servers never interfere. This module
 assembles them -- the processor chain (level, timestamp, redaction,
-renderer) and the audit trail's logger -- from parts that each have one
-concern:
+structlog's ``JSONRenderer`` with orjson) and the audit trail's logger --
+from parts that each have one concern:
 
 - :mod:`ami_server.log_sinks`: where lines go (a writer thread, memory);
-- :mod:`ami_server.redaction`: what counts as a secret and how it is scrubbed;
-- :mod:`ami_server.audit_json`: the audit trail's cached JSON rendering.
+- :mod:`ami_server.redaction`: what counts as a secret and how it is scrubbed.
 
 The names the server and plugins use are re-exported here, so callers import
 from ``ami_server.audit`` only.
@@ -16,19 +15,20 @@ from ``ami_server.audit`` only.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, TextIO
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, TextIO, Tuple
 
+import orjson
 import structlog
 
-from .audit_json import AuditFields, JsonAuditLines, RecordKind, json_encoder
 from .log_sinks import FileSink, LogSink, MemorySink, StreamSink
 from .redaction import REDACTED, SENSITIVE_KEYS, TRUSTED_FIELDS_KEY, Redactor
 
 __all__ = [
-    "AuditFields", "AuditLogger", "RecordKind", "LogSink", "StreamSink", "FileSink", "MemorySink", "make_audit_logger",
+    "AuditFields", "AuditLogger", "LogSink", "StreamSink", "FileSink", "MemorySink", "make_audit_logger",
     "make_logger", "Redactor", "REDACTED", "SENSITIVE_KEYS", "TRUSTED_FIELDS_KEY", "default_format",
 ]
 
@@ -43,10 +43,23 @@ _LEVELS = {
 }
 
 
-def _json_lines() -> Callable[[Any, str, dict], str]:
-    """The final processor: one JSON object per line."""
-    encode = json_encoder()
-    return lambda logger, method, event_dict: encode(event_dict)
+#: Dataclasses and datetimes go to ``default`` (``str``), as :mod:`json` writes them.
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
+def _json_line(value: Any) -> bytes:
+    """What orjson refuses -- a lone surrogate (undecodable bytes a client sent, P-1.22), an
+    integer past 64 bits, a dict key that is no string -- written by :mod:`json`, non-ASCII
+    escaped, so a record is never lost to its encoding."""
+    return json.dumps(value, default=str, separators=(",", ":")).encode()
+
+
+def _dumps(value: Any, default: Callable[[Any], Any] = str) -> bytes:
+    """The log's serializer: orjson, or :func:`_json_line` for what orjson refuses (never raises)."""
+    try:
+        return orjson.dumps(value, default=default, option=_ORJSON_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError
+        return _json_line(value)
 
 
 class _LevelTimeAndException:
@@ -83,72 +96,132 @@ class _LevelTimeAndException:
         return event_dict
 
 
+class _Head:
+    """What every record of one logger about one session starts with: scrubbed once, rendered once.
+
+    The bound context (trusting nothing) and an :class:`AuditFields`
+    (trusting its own names), scrubbed under one generation of secrets. The
+    JSON renderer writes a record as this ``prefix`` and the record's own
+    fields: orjson renders ``{**a, **b}`` as ``a``'s text without its ``}``,
+    a comma, and ``b``'s without its ``{`` (a test holds the two to it).
+    """
+
+    __slots__ = ("generation", "context", "fields", "prefix")
+
+    def __init__(self, redactor: Redactor, context: Dict[str, Any], about: Optional["AuditFields"],
+                 render: Callable[..., Any]) -> None:
+        self.generation = redactor.generation
+        self.context = context
+        fields = redactor(None, "info", dict(context))
+        if about:
+            fields.update(redactor(None, "info", {**about, TRUSTED_FIELDS_KEY: about.trusted}))
+        self.fields = fields
+        try:
+            rendered = render(None, "info", fields)
+        except TypeError:  # orjson refuses a value (a lone surrogate): such records take the slow path
+            rendered = None
+        #: ``{`` and the fields rendered, each followed by a comma; None: render whole records.
+        self.prefix: Optional[bytes] = None
+        if rendered.__class__ is bytes:
+            self.prefix = rendered[:-1] + b"," if fields else b"{"
+
+
+class AuditFields(dict):
+    """Fields that many audit records repeat (who a session is), with the names among them to trust.
+
+    These fields are scrubbed by their own ``trusted`` names, whatever the
+    record they join; scrubbed and rendered behind the logger's bound
+    context, they are kept per set of secrets, so a session's fields are
+    scrubbed and rendered once, not once per record. Treat one as frozen
+    once it was logged: a change makes a new one.
+    """
+
+    __slots__ = ("trusted", "head")
+
+    def __init__(self, fields: Any = (), trusted: Iterable[str] = ()) -> None:
+        super().__init__(fields)
+        self.trusted = frozenset(trusted)
+        #: This and a logger's context, made ready for records on first use (AuditLogger.record).
+        self.head: Optional[_Head] = None
+
+
+#: The names the logger adds to every record after the fields.
+_STAMPED = frozenset({"level", "timestamp"})
+_NOTHING: FrozenSet[str] = frozenset()
+
+
 class AuditLogger(structlog.BoundLoggerBase):
-    """The audit trail's logger: :meth:`record` runs the processor chain on a dict of fields.
+    """The audit trail's logger: :meth:`record` writes a dict of fields through the processors.
 
     Audit records are written at level ``info``; with a higher ``[logging]
-    level`` they are dropped, like any info record. JSON records are rendered
-    from cached parts where that gives the same line (:class:`JsonAuditLines`).
+    level`` they are dropped, like any info record. The processors are the
+    chain of :func:`make_logger` -- level and timestamp, the redactor,
+    structlog's ``JSONRenderer`` with orjson -- applied so that what every
+    record repeats costs once: the redactor and the renderer see only the
+    record's own fields; the bound context and the session's
+    :class:`AuditFields` come scrubbed and rendered from a :class:`_Head`.
     """
 
     enabled = True
     #: The configured level's number: records above info (faults) are written unless it is higher.
     threshold = logging.INFO
-    _json: Optional[JsonAuditLines] = None
-    _redactor: Optional[Redactor] = None
+    _redactor: Redactor
+    _stamp: "_LevelTimeAndException"
+    _render: Callable[..., Any]
+    _head: Optional[_Head] = None
 
     def record(self, event: str, fields: Dict[str, Any], about: Optional[AuditFields] = None,
                level: str = "info") -> None:
         """Write one record: the bound context, ``about``, ``fields``, then ``event``.
 
-        ``fields`` may be consumed. ``level`` ``warning`` or ``error`` marks a
-        fault (a failing backend): written unless ``[logging] level`` is higher.
+        ``fields`` is consumed; its ``TRUSTED_FIELDS_KEY`` names the fields
+        written as they are, all others are scrubbed (and ``about``'s by its
+        own trusted names). ``level`` ``warning`` or ``error`` marks a fault
+        (a failing backend): written unless ``[logging] level`` is higher.
         """
-        if level != "info":
-            if _LEVELS[level] >= self.threshold:
-                self._through_chain(event, fields, about, level)
-            return
-        if not self.enabled:
-            return
-        if self._json is not None:
-            line = self._json(event, fields, about)
-            if line is not None:
-                self._logger.info(line)
+        if level == "info":
+            if not self.enabled:
                 return
-        self._through_chain(event, fields, about)
-
-    def write(self, kind: RecordKind, about: Optional[AuditFields], values: Any) -> None:
-        """Write a record of ``kind``: ``about``, then ``values`` in the order of ``kind.names``."""
-        if not self.enabled:
+        elif _LEVELS[level] < self.threshold:
             return
-        if self._json is not None:
-            line = self._json.write(kind, about, values)
-            if line is not None:
-                self._logger.info(line)
-                return
-        self._through_chain(kind.event, kind.fields(values), about)
-
-    def _through_chain(self, event: str, fields: Dict[str, Any], about: Optional[AuditFields],
-                       method: str = "info") -> None:
         redactor = self._redactor
-        if about and redactor is not None:
-            # ``about`` is scrubbed by its own trusted names; a field of the record
-            # with the same name replaces it and is scrubbed by the record's.
-            shown = redactor(None, "info", {**about, TRUSTED_FIELDS_KEY: about.trusted})
-            for name in fields.keys() & shown.keys():
-                del shown[name]
-            fields[TRUSTED_FIELDS_KEY] = frozenset(fields.get(TRUSTED_FIELDS_KEY, ())) | shown.keys()
-            event_dict: Any = {**self._context, **shown, **fields}
-        else:
-            event_dict = {**self._context, **about, **fields} if about else {**self._context, **fields}
-        event_dict["event"] = event
-        logger = self._logger
+        trusted = fields.get(TRUSTED_FIELDS_KEY, _NOTHING)
+        fields["event"] = event
+        exc_info = fields.pop("exc_info", None)
+        fields = redactor(None, level, fields)
+        # As the chain's first processor adds them (the level is named as the method is).
+        fields["level"] = level
+        fields["timestamp"] = self._stamp.timestamp()
+        if exc_info is not None:
+            fields["exc_info"] = exc_info
+            fields = structlog.processors.format_exc_info(None, level, fields)
+            if "exception" not in trusted:
+                fields["exception"] = redactor._scrub(fields["exception"])
+        if not _STAMPED.issubset(trusted):
+            for name in _STAMPED.difference(trusted):
+                fields[name] = redactor._scrub(fields[name])
+        head = about.head if about else self._head
+        if head is None or head.generation != redactor.generation or head.context is not self._context:
+            head = _Head(redactor, self._context, about, self._render)
+            if about:
+                about.head = head
+            else:
+                self._head = head
+        self._logger.info(self._line(head, fields, level))
+
+    def _line(self, head: _Head, fields: Dict[str, Any], level: str) -> Any:
+        """The record's line: ``head`` and ``fields`` (a field named like one of ``head`` replaces it)."""
+        if head.prefix is not None and head.fields.keys().isdisjoint(fields):
+            try:
+                return head.prefix + self._render(None, level, fields)[1:]
+            except TypeError:
+                pass
+        event_dict = {name: value for name, value in head.fields.items() if name not in fields}
+        event_dict.update(fields)
         try:
-            for processor in self._processors:
-                event_dict = processor(logger, method, event_dict)
-        except structlog.DropEvent:
-            return
-        logger.info(event_dict)
+            return self._render(None, level, event_dict)
+        except TypeError:  # orjson refuses a value: the json module writes it
+            return _json_line(event_dict)
 
 
 def make_logger(
@@ -177,12 +250,14 @@ def make_audit_logger(
     """The audit trail beside :func:`make_logger`'s logger: same sink, chain and redactor; records marked ``audit``."""
     redactor = redactor or Redactor()
     processors = _processors(fmt, redactor)
+    if fmt != "console":
+        # orjson itself (raising what it refuses, which AuditLogger catches): the structlog docs' setup.
+        processors[-1] = structlog.processors.JSONRenderer(serializer=orjson.dumps, default=str,
+                                                           option=_ORJSON_OPTIONS)
     audit = AuditLogger(sink, processors, {"audit": True, **(context or {})})
     audit.enabled = _LEVELS[level] <= logging.INFO
     audit.threshold = _LEVELS[level]
-    audit._redactor = redactor
-    if fmt != "console":
-        audit._json = JsonAuditLines(audit._context, redactor, processors[0])
+    audit._stamp, audit._redactor, audit._render = processors
     return audit
 
 
@@ -191,7 +266,7 @@ def _processors(fmt: str, redactor: Redactor) -> List[Callable[..., Any]]:
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=False)
     else:
-        renderer = _json_lines()
+        renderer = structlog.processors.JSONRenderer(serializer=_dumps, default=str)
     return [_LevelTimeAndException(), redactor, renderer]
 
 

@@ -14,6 +14,7 @@ import itertools
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set
 
+from .deadlines import LoginDeadlines
 from .outbox import Outbox
 from .security import new_session_id
 from .session import AUTHENTICATED, CLOSING, Link, Pipeline, Session
@@ -65,6 +66,7 @@ class SessionCore:
         self.reclassed = 0
         self._session_ids: Set[str] = set()
         self._keys = itertools.count(1)
+        self.deadlines = LoginDeadlines(loop, self._auth_timeout)
         self.dispatcher: "Dispatcher"  # set by the server once both exist
         self.shutting_down = False
         #: Hooks: on_session_open(session=info), on_session_close(session=info, reason=...).
@@ -93,7 +95,7 @@ class SessionCore:
         self.unauthenticated += 1
         self.stats["sessions_accepted"] += 1
         # A TLS handshake counts against auth_timeout (P-1.1, A-3.11).
-        session.auth_timer = self.loop.call_later(settings.auth_timeout, lambda: self._auth_timeout(session))
+        self.deadlines.add(session, settings.auth_timeout)
         return session
 
     def open(self, session: Session) -> None:
@@ -113,6 +115,7 @@ class SessionCore:
     def logged_in(self, session: Session) -> None:
         """The session is AUTHENTICATED now: an event recipient, counted for its user (A-3.13)."""
         self.unauthenticated -= 1
+        self.deadlines.discard(session)
         self.authenticated[session.key] = session
         key = session.user_key
         self.user_sessions[key] = self.user_sessions.get(key, 0) + 1
@@ -258,9 +261,9 @@ class SessionCore:
         self.authenticated.pop(session.key, None)
         if not was_authenticated:
             self.unauthenticated -= 1
-        for timer in (session.auth_timer, session.linger_timer):
-            if timer is not None:
-                timer.cancel()
+        self.deadlines.discard(session)
+        if session.linger_timer is not None:
+            session.linger_timer.cancel()
         run = session.current
         if run is not None:
             run.cancel()  # every outstanding run of a Pipeline too: late replies are dropped

@@ -215,7 +215,7 @@ class Dispatcher:
             if key in ("login", "challenge"):
                 username = message.get("Username") or ""
                 if username and self.login.in_use(username):
-                    run = ActionRun(name, action_id, time.monotonic(), None, True)
+                    run = ActionRun(name, action_id, time.monotonic(), None, False)  # SessionLimit is its record
                     self.outbox.settle()
                     session.current = run
                     self.audit.security(session, "SessionLimit", account=username)

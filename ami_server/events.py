@@ -34,7 +34,7 @@ SECURITY_EVENT_NAMES = frozenset(
 #: RequestType and the like quote the client and are scrubbed).
 TRUSTED_SECURITY_FIELDS = frozenset({
     "event", "audit", "level", "timestamp", "session", "remote_address", "local_address", "remote_ip", "tls",
-    "result", "duration_ms", "duration", "limit", "buffered", "timeout", "auth_type", "backend",
+    "result", "duration_ms", "duration", "limit", "buffered", "timeout", "auth_type", "backend", "login",
     "EventTV", "Severity", "Service", "EventVersion", "SessionID", "LocalAddress", "RemoteAddress",
     "SessionTV", "UsingPassword", "Challenge",
 })
@@ -76,14 +76,16 @@ class EventBus:
         """Call ``subscriber(event, local)`` for every event delivered on this node."""
         self._subscribers.append(subscriber)
 
-    def publish(self, event: Event, audit: Optional[AuditFields] = None) -> None:
+    def publish(self, event: Event, audit: Optional[AuditFields] = None,
+                record: Optional[Dict[str, Any]] = None) -> None:
         """Deliver ``event`` to every session that may receive it, and tell the subscribers.
 
         Security events (A-3.14) are also audit records (A-3.16), with
-        ``audit`` as the fields about the session they concern.
+        ``audit`` as the fields about the session they concern and
+        ``record``'s fields after the event's headers (a login's outcome).
         """
         if not self._in_loop_thread():
-            self._call_soon_threadsafe(lambda: self.publish(event, audit))
+            self._call_soon_threadsafe(lambda: self.publish(event, audit, record))
             return
         if not isinstance(event, Event):
             raise TypeError(f"publish() takes an Event, not {type(event).__name__}")
@@ -94,7 +96,10 @@ class EventBus:
         self._outbox.add(event.classes, self.render(event))
         if audit is not None or event.name in SECURITY_EVENT_NAMES:
             # A-3.16: every security event is an audit record too, received or not.
-            fields = {**dict(event.headers), TRUSTED_FIELDS_KEY: TRUSTED_SECURITY_FIELDS}
+            fields = dict(event.headers)
+            if record:
+                fields.update(record)
+            fields[TRUSTED_FIELDS_KEY] = TRUSTED_SECURITY_FIELDS
             self._audit_log.record(event.name, fields, audit)
         if self._subscribers:
             self._notify(event, True)

@@ -2,7 +2,8 @@
 
 A separate module because where lines go is independent of what they say:
 the server, the CLI and the tests pick a sink, and the loggers built in
-:mod:`ami_server.audit` only hand rendered lines to it. The stream writer
+:mod:`ami_server.audit` only hand rendered lines to it: JSON records as
+UTF-8 bytes (orjson's output, written as it is), console lines as text. The stream writer
 exists so that the event loop never waits for a disk or a terminal: lines
 go through a bounded buffer to a writer thread, and a stuck sink costs
 dropped lines, not latency.
@@ -11,17 +12,26 @@ dropped lines, not latency.
 from __future__ import annotations
 
 import collections
+import io
 import json
 import threading
-from typing import List, Optional, TextIO
+from typing import Any, BinaryIO, List, Optional, TextIO, Union
 
-__all__ = ["LogSink", "StreamSink", "FileSink", "MemorySink"]
+__all__ = ["LogSink", "StreamSink", "FileSink", "MemorySink", "Line"]
+
+_MISSING = object()
+#: A rendered line: UTF-8 bytes (JSON records) or text (console lines).
+Line = Union[str, bytes]
+
+
+def _as_bytes(line: Line) -> bytes:
+    return line if line.__class__ is bytes else line.encode("utf-8", "backslashreplace")  # type: ignore[union-attr]
 
 
 class LogSink:
-    """Receives rendered log lines; subclasses decide where they go."""
+    """Receives rendered log lines (:data:`Line`); subclasses decide where they go."""
 
-    def write_line(self, line: str) -> None:
+    def write_line(self, line: Line) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -32,7 +42,7 @@ class LogSink:
         return False
 
     # structlog calls the wrapped logger's method named after the level.
-    def msg(self, line: str) -> None:
+    def msg(self, line: Line) -> None:
         self.write_line(line)
 
     debug = info = warning = warn = error = critical = exception = msg
@@ -43,7 +53,8 @@ class StreamSink(LogSink):
 
     The event loop only appends to a deque (no lock on the common path); the
     writer thread takes everything queued at once and writes it in one call,
-    so a burst of records costs one write and one flush. After a wake-up the
+    so a burst of records costs one write and one flush; it writes bytes to
+    the stream's binary buffer where it has one. After a wake-up the
     writer lets lines gather for ``BATCH_SECONDS``: a thread woken for every
     record would compete with the event loop for the interpreter lock.
     """
@@ -51,11 +62,11 @@ class StreamSink(LogSink):
     #: How long the writer lets lines gather before writing them.
     BATCH_SECONDS = 0.02
 
-    def __init__(self, stream: TextIO, capacity: int = 10000, owns_stream: bool = False) -> None:
+    def __init__(self, stream: Union[TextIO, BinaryIO], capacity: int = 10000, owns_stream: bool = False) -> None:
         self._stream = stream
         self._owns = owns_stream
         self._capacity = capacity
-        self._lines: "collections.deque[str]" = collections.deque()
+        self._lines: "collections.deque[Line]" = collections.deque()
         self._wake = threading.Event()
         self._closed = threading.Event()
         self._closing = False
@@ -64,7 +75,7 @@ class StreamSink(LogSink):
         self._thread = threading.Thread(target=self._run, name="ami-server-log", daemon=True)
         self._thread.start()
 
-    def write_line(self, line: str) -> None:
+    def write_line(self, line: Line) -> None:
         if len(self._lines) >= self._capacity:
             with self._lock:
                 self._dropped += 1
@@ -87,9 +98,9 @@ class StreamSink(LogSink):
             self._maintain()
             try:
                 if dropped:
-                    self._stream.write(f'{{"event": "LogLinesDropped", "count": {dropped}}}\n')
+                    self._write(b'{"event":"LogLinesDropped","count":%d}\n' % dropped)
                 if batch:
-                    self._stream.write("\n".join(batch) + "\n")
+                    self._write(b"".join([_as_bytes(line) + b"\n" for line in batch]))
                 self._stream.flush()
             except (OSError, ValueError):
                 # The stream failed (full disk, closed): count the loss, keep serving.
@@ -97,6 +108,19 @@ class StreamSink(LogSink):
                     self._dropped += len(batch)
             if self._closing and not lines:
                 return
+
+    def _write(self, data: bytes) -> None:
+        """Write ``data`` (UTF-8): to a text stream's binary buffer, behind the text written before."""
+        stream = self._stream
+        if not isinstance(stream, io.TextIOBase):
+            stream.write(data)  # type: ignore[arg-type]
+            return
+        buffer = getattr(stream, "buffer", None)
+        if buffer is None:  # a text stream of its own (StringIO)
+            stream.write(data.decode("utf-8", "replace"))
+            return
+        stream.flush()
+        buffer.write(data)
 
     def _maintain(self) -> None:
         """Called in the writer thread before each batch (a file sink reopens here)."""
@@ -126,7 +150,7 @@ class FileSink(StreamSink):
     def __init__(self, path: str, capacity: int = 10000) -> None:
         self.path = path
         self._reopen = False
-        super().__init__(open(path, "a", encoding="utf-8", buffering=1), capacity, owns_stream=True)
+        super().__init__(open(path, "ab"), capacity, owns_stream=True)
 
     def reopen(self) -> bool:
         self._reopen = True
@@ -138,11 +162,11 @@ class FileSink(StreamSink):
             return
         self._reopen = False
         try:
-            stream = open(self.path, "a", encoding="utf-8", buffering=1)
+            stream = open(self.path, "ab")
         except OSError as exc:
             try:
-                self._stream.write(json.dumps({"event": "LogReopenFailed", "level": "error", "path": self.path,
-                                               "error": exc.strerror or str(exc)}) + "\n")
+                self._write(json.dumps({"event": "LogReopenFailed", "level": "error", "path": self.path,
+                                        "error": exc.strerror or str(exc)}, separators=(",", ":")).encode() + b"\n")
             except (OSError, ValueError):
                 pass
             return
@@ -160,16 +184,22 @@ class MemorySink(LogSink):
         self.lines: List[str] = []
         self._lock = threading.Lock()
 
-    def write_line(self, line: str) -> None:
+    def write_line(self, line: Line) -> None:
+        if line.__class__ is bytes:
+            line = line.decode()  # type: ignore[union-attr]
         with self._lock:
-            self.lines.append(line)
+            self.lines.append(line)  # type: ignore[arg-type]
 
     def text(self) -> str:
         with self._lock:
             return "\n".join(self.lines)
 
-    def records(self, event: Optional[str] = None) -> List[dict]:
-        """The JSON records written so far (lines that are not JSON are skipped), or those named ``event``."""
+    def records(self, event: Optional[str] = None, **fields: Any) -> List[dict]:
+        """The JSON records written so far (lines that are not JSON are skipped), or those named ``event``.
+
+        ``fields`` picks records with those values: ``records(login="LoginFailed")``
+        is every failed login's outcome, whatever security event names it.
+        """
         with self._lock:
             lines = list(self.lines)
         out = []
@@ -178,6 +208,7 @@ class MemorySink(LogSink):
                 record = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(record, dict) and (event is None or record.get("event") == event):
+            if isinstance(record, dict) and (event is None or record.get("event") == event) and all(
+                    record.get(name, _MISSING) == value for name, value in fields.items()):
                 out.append(record)
         return out

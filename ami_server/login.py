@@ -160,10 +160,11 @@ class LoginPolicy:
     def login(self, session: Session, run: ActionRun, request: Message) -> Any:
         if session.state == AUTHENTICATED:
             return Response.success("Already authenticated")
+        run.audit = False  # the outcome's record says what ActionExecuted would
         username = request.get("Username") or ""
         who = self.audit.who
         if not username:
-            self.audit.record("LoginFailed", who(session, ""), reason="no username")
+            self.audit.login(session, "LoginFailed", account="", reason="no username")
             return self.fail_later(session, run, "Authentication failed", "login failed")
         md5 = ascii_lower(request.get("AuthType") or "") == "md5"
         auth = AuthRequest(
@@ -243,8 +244,8 @@ class LoginPolicy:
             self._reject(session, run, attempt, backend, decision)
             return
         if attempt.request.auth_type == "plain" and self._plaintext_refused(session, decision):
-            self.audit.record(
-                "LoginFailed", self.audit.who(session, username), auth_type="plain",
+            self.audit.login(
+                session, "LoginFailed", account=username, auth_type="plain",
                 reason="plaintext secret refused without TLS", backend=backend,
             )
             self.fail_later(session, run, "Authentication failed", "login failed", attempt.deferred)
@@ -294,8 +295,8 @@ class LoginPolicy:
             elif verdict == "in_use":
                 self._refuse_in_use(session, run, attempt)
             else:
-                self.audit.record(
-                    "LoginFailed", self.audit.who(session, check.username), auth_type=attempt.request.auth_type,
+                self.audit.login(
+                    session, "LoginFailed", account=check.username, auth_type=attempt.request.auth_type,
                     reason=str(verdict), backend=check.backend,
                 )
                 self.fail_later(session, run, "Authentication failed", "login failed", attempt.deferred)
@@ -315,15 +316,11 @@ class LoginPolicy:
     def _reject(
         self, session: Session, run: ActionRun, attempt: _Attempt, backend: Optional[str], decision: AuthDecision
     ) -> None:
-        username = attempt.request.username
         event = _REJECT_EVENTS.get(decision.reason or "")
-        if event == "ChallengeResponseFailed":
-            self.audit.security(session, event, account=username, extra=(("Challenge", session.challenge or ""),))
-        elif event:
-            self.audit.security(session, event, account=username)
+        extra = (("Challenge", session.challenge or ""),) if event == "ChallengeResponseFailed" else ()
         fields = {"detail": decision.detail} if decision.detail else {}
-        self.audit.record(
-            "LoginFailed", self.audit.who(session, username), auth_type=attempt.request.auth_type,
+        self.audit.login(
+            session, "LoginFailed", event, attempt.request.username, extra, auth_type=attempt.request.auth_type,
             reason=decision.reason or "rejected", backend=backend, **fields,
         )
         self.fail_later(session, run, "Authentication failed", "login failed", attempt.deferred)
@@ -346,15 +343,14 @@ class LoginPolicy:
         if mask is not None:
             session.mask = mask
         session.login_time = time.time()
-        if session.auth_timer is not None:
-            session.auth_timer.cancel()
-            session.auth_timer = None
         self.core.logged_in(session)
         session.changed()
         if self.event_guards:
             self._install_event_guards(session)
-        self.audit.record("LoginSucceeded", self.audit.who(session), auth_type=auth_type, backend=backend)
-        self.audit.security(session, "SuccessfulAuth", extra=(("UsingPassword", "0"),))
+        self.audit.login(
+            session, "LoginSucceeded", "SuccessfulAuth", extra=(("UsingPassword", "0"),), auth_type=auth_type,
+            backend=backend,
+        )
         blocks: Tuple[Block, ...] = ()
         if session.read & session.mask & _SYSTEM:
             now = time.monotonic()

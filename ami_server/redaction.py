@@ -1,9 +1,8 @@
 """Scrubbing secrets out of log records (A-3.16, D-8.8).
 
 A separate module because it is the one place that decides what counts as a
-secret in a record; both the structlog processor chain and the cached JSON
-audit writer (:mod:`ami_server.audit_json`) call the same
-:class:`Redactor`, so the two paths scrub alike by construction.
+secret in a record: every log line and audit record passes the same
+:class:`Redactor` in the structlog processor chain before it is rendered.
 """
 
 from __future__ import annotations
@@ -19,6 +18,8 @@ SENSITIVE_KEYS = frozenset(
     {"secret", "key", "secret_hash", "password", "expected_response", "expectedresponse", "credentials"}
 )
 
+#: Values that are written as they are: no text in them.
+_PLAIN = frozenset({bool, int, float})
 #: A record field naming the other fields of that record that need no scrubbing.
 TRUSTED_FIELDS_KEY = "_trusted_fields"
 
@@ -87,8 +88,8 @@ class Redactor:
       cannot be told from the same word, and replacing it would mangle
       ``users.ops.secret: is required`` into nonsense.
 
-    Anything else a record holds (an exception, bytes, an object) is checked
-    as the text the renderer makes of it.
+    Anything else a record holds (an exception, bytes, an object) is
+    replaced by its text, checked as above.
     """
 
     #: Secrets shorter than this are scrubbed only where they are a whole value.
@@ -120,6 +121,8 @@ class Redactor:
         # Longest first, so that a secret containing another is replaced whole.
         self._secrets = tuple(sorted((s for s in unique if len(s) >= self.SHORT_BELOW), key=len, reverse=True))
         self._long = re.compile("|".join(map(re.escape, self._secrets))) if self._secrets else None
+        #: A value shorter than this holds no long secret.
+        self._shortest_long = len(self._secrets[-1]) if self._secrets else 1 << 62
         # A few secrets are looked for with ``in``; many, with one regex scan.
         self._many = self._long.search if self._long is not None and len(self._secrets) > self.FEW_SECRETS else None
         short = sorted((s for s in unique if len(s) < self.SHORT_BELOW), key=len, reverse=True)
@@ -147,14 +150,18 @@ class Redactor:
             lowered = value.lower()
             if "secret" in lowered or "key" in lowered or "passw" in lowered or "credential" in lowered:
                 return True
-        if self._many is not None:
-            if self._many(value) is not None:
-                return True
-        else:
-            for secret in self._secrets:
-                if secret in value:
+        if len(value) >= self._shortest_long:
+            if self._many is not None:
+                if self._many(value) is not None:
                     return True
-        return self._short_word is not None and self._short_word.search(value) is not None
+            else:
+                for secret in self._secrets:
+                    if secret in value:
+                        return True
+        for secret in self._short:
+            if secret in value:  # somewhere: as a value of its own only where the pattern finds it
+                return self._short_word.search(value) is not None  # type: ignore[union-attr]
+        return False
 
     def _scrub_text(self, value: str) -> str:
         """Replace secrets in a text that :meth:`suspicious` found something in."""
@@ -187,9 +194,10 @@ class Redactor:
             if len(value) == 2 and isinstance(value[0], str) and value[0].lower() in SENSITIVE_KEYS:
                 return type(value)((value[0], REDACTED))  # a (name, value) header pair
             return type(value)(self._scrub(v) for v in value)
-        # Bytes, exceptions, objects: the JSON renderer writes str(value), so that text is what is checked.
+        # Bytes, exceptions, objects: replaced by the text that is checked, so the renderer
+        # never decides how to write one (orjson writes an Enum's value, not its str()).
         text = str(value)
-        return self._scrub_text(text) if self.suspicious(text) else value
+        return self._scrub_text(text) if self.suspicious(text) else text
 
     def __call__(self, logger: Any, method: str, event_dict: dict) -> dict:
         # Audit records mark the fields the server itself produced (addresses,
@@ -204,6 +212,6 @@ class Redactor:
             elif value.__class__ is str:
                 if suspicious(value):
                     event_dict[name] = self._scrub_text(value)
-            elif value.__class__ is not bool and value.__class__ is not int:
+            elif value is not None and value.__class__ not in _PLAIN:
                 event_dict[name] = self._scrub(value)
         return event_dict

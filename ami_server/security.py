@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime
 import functools
 import math
+import os
 import secrets
+import threading
 import time
 from typing import Container, Optional, Tuple
 
@@ -69,10 +71,42 @@ def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+class _SessionIds:
+    """Session ids from the OS's CSPRNG, read for 512 ids at a time (one ``getrandom`` per 512 sessions)."""
+
+    BATCH = 512
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hex = ""
+        self._next = 0
+
+    def __call__(self) -> str:
+        with self._lock:
+            start = self._next
+            if start >= len(self._hex):
+                self._hex = os.urandom(6 * self.BATCH).hex()
+                start = 0
+            self._next = start + 12
+            return "0x" + self._hex[start:start + 12]
+
+
+    def forget(self) -> None:
+        """In a forked child: never hand out the ids the parent may hand out too."""
+        self._lock = threading.Lock()
+        self._hex = ""
+        self._next = 0
+
+
+_session_ids = _SessionIds()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_session_ids.forget)
+
+
 def new_session_id(taken: Container[str] = frozenset()) -> str:
     """``0x`` + 12 random lower-case hex digits, unique among ``taken`` (D-8.15)."""
     while True:
-        candidate = "0x" + secrets.token_hex(6)
+        candidate = _session_ids()
         if candidate not in taken:
             return candidate
 

@@ -115,7 +115,7 @@ class Session:
         "key", "link", "session_id", "transport", "remote", "local", "remote_address",
         "local_address", "state", "parser", "out", "pending", "pending_bytes",
         "username", "user_key", "read", "write", "mask", "challenge", "login_time",
-        "current", "eof", "close_after_flush", "close_reason", "auth_timer",
+        "current", "eof", "close_after_flush", "close_reason", "login_timeout",
         "linger_timer", "closed", "_info", "opened_at", "opened",
         "filters", "backend", "peer_ip", "resume_pending", "who", "receives",
         "output_paused", "single_login", "attributes",
@@ -149,7 +149,8 @@ class Session:
         self.eof = False
         self.close_after_flush = False
         self.close_reason = ""
-        self.auth_timer: Optional[TimerHandle] = None
+        #: The auth_timeout this session must log in within while it waits (A-3.11), else None.
+        self.login_timeout: Optional[float] = None
         self.linger_timer: Optional[TimerHandle] = None
         self.closed = False
         self._info: Optional[SessionInfo] = None

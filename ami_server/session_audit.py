@@ -1,11 +1,21 @@
-"""The audit records about sessions: who a session is, actions answered, security events (A-3.14 to A-3.16)."""
+"""The audit records about sessions: who a session is, actions answered, logins, security events (A-3.14 to A-3.16).
+
+A connect/Login/Logoff/close cycle leaves three records (A-3.16):
+``SessionOpened``, the login's outcome, ``SessionClosed`` (reason
+``logoff``). The outcome is one record: where the outcome has a security
+event (``SuccessfulAuth``, ``InvalidPassword``, ...) the record is named
+after it and carries its headers, and every outcome record carries
+``login`` (``LoginSucceeded`` or ``LoginFailed``) with the login's fields
+(``auth_type``, ``backend``, a failure's ``reason``). Login and Logoff
+write no ``ActionExecuted``: those records say the same.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from .audit import TRUSTED_FIELDS_KEY, AuditFields, RecordKind
+from .audit import TRUSTED_FIELDS_KEY, AuditFields
 from .records import Response
 from .security import security_event
 from .session import ActionRun, Session
@@ -15,14 +25,14 @@ __all__ = ["SessionAudit"]
 #: Audit fields whose values the server makes itself (never client input): not scrubbed.
 TRUSTED_AUDIT_FIELDS = frozenset({
     "event", "audit", "level", "timestamp", "session", "remote_address", "local_address", "remote_ip", "tls",
-    "result", "duration_ms", "duration", "limit", "buffered", "timeout", "auth_type", "backend",
+    "result", "duration_ms", "duration", "limit", "buffered", "timeout", "auth_type", "backend", "login",
 })
 #: The fields about a session that the server made (the username is what a client typed).
 _TRUSTED_WHO_FIELDS = frozenset({"session", "remote_address", "local_address", "remote_ip", "tls"})
-#: One per answered action: the hottest record; ``action`` is the registered name.
-_EXECUTED = RecordKind(
-    "ActionExecuted", ("action", "action_id", "result", "message", "duration_ms"), TRUSTED_AUDIT_FIELDS | {"action"}
-)
+#: ``ActionExecuted``: ``action`` is the registered name.
+_EXECUTED_TRUSTED = TRUSTED_AUDIT_FIELDS | {"action"}
+#: Actions whose outcome another record carries: Logoff's is ``SessionClosed`` (reason ``logoff``).
+_RECORDED_ELSEWHERE = frozenset({"Logoff"})
 
 
 class SessionAudit:
@@ -69,16 +79,38 @@ class SessionAudit:
         return who
 
     def executed(self, session: Session, run: ActionRun, response: Response) -> None:
-        """ActionExecuted: one per answered (audited) action."""
-        self.log.write(_EXECUTED, self.who(session), (
-            run.name, run.action_id, response.status, response.message,
-            round((time.monotonic() - run.started) * 1000, 3),
-        ))
+        """ActionExecuted: one per answered (audited) action, except those another record covers."""
+        if run.name in _RECORDED_ELSEWHERE:
+            return
+        self.log.record("ActionExecuted", {
+            "action": run.name, "action_id": run.action_id, "result": response.status, "message": response.message,
+            "duration_ms": round((time.monotonic() - run.started) * 1000, 3), TRUSTED_FIELDS_KEY: _EXECUTED_TRUSTED,
+        }, self.who(session))
+
+    def login(
+        self, session: Session, outcome: str, security: Optional[str] = None, account: Optional[str] = None,
+        extra: Tuple[Tuple[str, str], ...] = (), **fields: Any,
+    ) -> None:
+        """The one record of a Login's outcome (A-3.16): ``outcome`` is ``LoginSucceeded`` or ``LoginFailed``.
+
+        With a ``security`` event (A-3.14) the event is published and the
+        record is named after it, its headers first; without one the record
+        is named ``outcome``. Either way it carries ``login: outcome`` and
+        ``fields``, so one filter on ``login`` finds every outcome.
+        """
+        fields = {"login": outcome, **fields}
+        if self.tap is not None:
+            self.tap(outcome, fields)
+        if security is None:
+            self.record(outcome, self.who(session, account), **fields)
+        else:
+            self.security(session, security, account, extra, fields)
 
     def security(
-        self, session: Session, name: str, account: Optional[str] = None, extra: Tuple[Tuple[str, str], ...] = ()
+        self, session: Session, name: str, account: Optional[str] = None, extra: Tuple[Tuple[str, str], ...] = (),
+        fields: Optional[Dict[str, Any]] = None,
     ) -> None:
-        """Publish the security event ``name`` about ``session`` (A-3.14); it is audited too."""
+        """Publish the security event ``name`` about ``session`` (A-3.14); it is audited too, with ``fields``."""
         account_id = session.username if account is None else account
         event = security_event(
             name,
@@ -89,4 +121,4 @@ class SessionAudit:
             session_tv=session.login_time,
             extra=extra,
         )
-        self.publish(event, self.who(session, account_id))
+        self.publish(event, self.who(session, account_id), fields)

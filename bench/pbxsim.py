@@ -179,7 +179,7 @@ total_calls = {calls}
         while port is None:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise SystemExit("server did not start")
-            found = log.exists() and re.search(r'"address": "127\.0\.0\.1:(\d+)"', log.read_text())
+            found = log.exists() and re.search(r'"address": ?"127\.0\.0\.1:(\d+)"', log.read_text())
             port = int(found.group(1)) if found else None
             time.sleep(0.05)
         ctx = multiprocessing.get_context("spawn")

@@ -80,7 +80,7 @@ def start_server_process(config: Path, log_file: Path, timeout: float = 30.0) ->
     while True:
         assert time.monotonic() < deadline, "server did not start"
         assert process.poll() is None, process.stderr.read()
-        found = log_file.exists() and re.search(r'"address": "127\.0\.0\.1:(\d+)"', log_file.read_text())
+        found = log_file.exists() and re.search(r'"address":"127\.0\.0\.1:(\d+)"', log_file.read_text())
         if found:
             return process, int(found.group(1))
         time.sleep(0.05)

@@ -113,7 +113,7 @@ def test_every_rejection_looks_the_same_to_the_client_a_3_8(answer, security_eve
             else:
                 assert not {"FailedACL", "InvalidPassword", "InvalidAccountID"} & set(names)
     if isinstance(answer, AuthDecision):
-        (failed,) = srv.log.records("LoginFailed")
+        (failed,) = srv.log.records(login="LoginFailed")
         assert failed["backend"] == "custom"
         assert failed["reason"] == (answer.reason or "rejected")
     else:
@@ -158,7 +158,7 @@ def test_secret_hash_user_logs_in_with_plaintext_only_a_3_5():
         with srv.client() as client:
             client.send("Login", {"Username": "hashed", "Secret": "wrong"})
             assert client.read_until_closed() == FAILED
-    details = [r.get("detail") for r in srv.log.records("LoginFailed")]
+    details = [r.get("detail") for r in srv.log.records(login="LoginFailed")]
     assert "MD5 login for a user with secret_hash (no plaintext to hash)" in details
 
 
@@ -235,7 +235,7 @@ def test_acl_denied_login_publishes_failed_acl_before_checking_the_secret_a_3_4(
                 assert client.login("local", "localpass")["Message"] == "Authentication accepted"
     records = srv.log.records("FailedACL")
     assert len(records) == 2 and records[0]["AccountID"] == "remote"
-    failed = srv.log.records("LoginFailed")
+    failed = srv.log.records(login="LoginFailed")
     assert [r["reason"] for r in failed] == ["acl_denied", "acl_denied"]
 
 
@@ -269,7 +269,7 @@ def test_plaintext_policy_trusts_loopback_even_for_a_strict_user():
         for user in ("strict", "admin", "relaxed"):
             with srv.client() as client:
                 assert client.login(user, f"{user}pass")["Message"] == "Authentication accepted", user
-    assert not srv.log.records("LoginFailed")
+    assert not srv.log.records(login="LoginFailed")
 
 
 @pytest.mark.parametrize("server_requires, refused", [
@@ -290,7 +290,7 @@ def test_plaintext_policy_applies_per_user(server_requires, refused):
                     assert client.read_until_closed() == FAILED, user
                 else:
                     assert client.login(user, f"{user}pass")["Message"] == "Authentication accepted", user
-    failed = srv.log.records("LoginFailed")
+    failed = srv.log.records(login="LoginFailed")
     assert {r["username"] for r in failed} == refused
     assert {r["reason"] for r in failed} == {"plaintext secret refused without TLS"}
 
@@ -312,7 +312,7 @@ def test_plaintext_refused_for_a_non_loopback_peer():
             key = hashlib.md5((challenge + "adminpass").encode()).hexdigest()
             reply = client.action("Login", {"AuthType": "MD5", "Username": "admin", "Key": key})
             assert reply["Message"] == "Authentication accepted"
-    (failed,) = srv.log.records("LoginFailed")
+    (failed,) = srv.log.records(login="LoginFailed")
     assert failed["reason"] == "plaintext secret refused without TLS"
     assert failed["remote_address"].startswith(f"IPV4/TCP/{address}/")
 

@@ -62,7 +62,7 @@ def test_the_rejection_reason_selects_the_security_event_and_detail_is_audited_a
         peer, reply = login(memory)
         memory.advance(0)
         assert reply + peer.read() == b"Response: Error\r\nMessage: Authentication failed\r\n\r\n"
-        failed = memory.log.records("LoginFailed")
+        failed = memory.log.records(login="LoginFailed")
         assert failed[-1]["reason"] == (reason or "rejected") and failed[-1]["detail"] == "explained"
         assert failed[-1]["backend"] == "scripted"
         security = {"InvalidAccountID", "FailedACL", "InvalidPassword", "ChallengeResponseFailed"}
@@ -109,7 +109,7 @@ def test_require_tls_for_plaintext_of_the_decision_overrides_the_server(server_d
         reply += peer.read()
         if refused:
             assert reply == b"Response: Error\r\nMessage: Authentication failed\r\n\r\n"
-            assert memory.log.records("LoginFailed")[-1]["reason"] == "plaintext secret refused without TLS"
+            assert memory.log.records(login="LoginFailed")[-1]["reason"] == "plaintext secret refused without TLS"
         else:
             assert b"Authentication accepted" in reply
         # From loopback a plaintext login is always allowed.

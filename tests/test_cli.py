@@ -83,7 +83,7 @@ def test_runs_in_the_foreground_and_stops_on_sigterm(tmp_path):
     text = "".join(lines)
     records = [json.loads(line) for line in lines]
     events = [r["event"] for r in records]
-    assert "SessionOpened" in events and "LoginSucceeded" in events and "ServerStopped" in events
+    assert "SessionOpened" in events and "SuccessfulAuth" in events and "ServerStopped" in events
     assert any(r["event"] == "SessionClosed" and r["reason"] == "shutdown" for r in records)
     assert "topsecret-1" not in text
 

@@ -323,7 +323,7 @@ def test_brute_force_logins_are_delayed_one_by_one_without_stalling_anyone():
         assert max(answered) < 30 * delay / 2
         assert still_served(good)
     assert closed_once_each(ledger)
-    failed = srv.log.records("LoginFailed")
+    failed = srv.log.records(login="LoginFailed")
     assert len(failed) == 30 and all(r["reason"] == "invalid_password" for r in failed)
 
 

@@ -90,7 +90,7 @@ def test_auth_limit_counts_sessions_in_failure_delay_a_3_12():
         with srv.client() as c:
             assert c.banner == b"Asterisk Call Manager/11.0.0"
         a.close(); b.close()
-    assert '"event": "AuthLimitReached"' in srv.log.text()
+    assert '"event":"AuthLimitReached"' in srv.log.text()
 
 def test_auth_backends_are_asked_in_configured_order_only():
     static = StaticBackend("ext", "extpass")
@@ -109,7 +109,7 @@ def test_failing_backend_fails_closed_a_3_15():
     with running_server(cfg, extra_plugins=[("broken", BrokenBackend())]) as srv, srv.client() as c:
         c.send("Login", {"Username": "admin", "Secret": "adminpass"})
         assert c.read_until_closed() == b"Response: Error\r\nMessage: Authentication failed\r\n\r\n"
-    assert '"event": "AuthBackendError"' in srv.log.text()
+    assert '"event":"AuthBackendError"' in srv.log.text()
 
 def test_unknown_auth_backend_stops_start_up():
     from ami_server.audit import MemorySink
@@ -118,3 +118,43 @@ def test_unknown_auth_backend_stops_start_up():
     cfg = make_config({"users": USERS, "auth": {"backends": ["ldap"]}})
     with pytest.raises(ServerError, match="auth.backends: no loaded plugin named 'ldap'"):
         Server(cfg, log_sink=MemorySink()).load()
+
+
+def audit_records_once_closed(srv):
+    """The audit records, once the server wrote its SessionClosed (within 5 s)."""
+    deadline = time.monotonic() + 5
+    while not srv.log.records("SessionClosed") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return [record for record in srv.log.records() if record.get("audit")]
+
+
+def test_a_login_cycle_leaves_three_audit_records_a_3_16():
+    """A-3.16: connect, Login, Logoff, close over a socket: opening, one login outcome, the close."""
+    with running_server(config()) as srv:
+        with srv.client() as client:
+            client.login("admin", "adminpass", events="off")
+            client.send("Logoff", [("ActionID", "bye")])
+            assert client.read_until_closed(timeout=5)
+        records = audit_records_once_closed(srv)
+    assert [r["event"] for r in records] == ["SessionOpened", "SuccessfulAuth", "SessionClosed"]
+    opened, outcome, closed = records
+    assert opened["session"] == outcome["session"] == closed["session"] == outcome["SessionID"]
+    # The security event's headers and the login's fields, in one record.
+    assert (outcome["login"], outcome["auth_type"], outcome["backend"]) == ("LoginSucceeded", "plain", "config")
+    assert (outcome["AccountID"], outcome["Severity"], outcome["UsingPassword"]) == ("admin", "Informational", "0")
+    assert outcome["username"] == "admin" and outcome["remote_ip"] == "127.0.0.1"
+    assert closed["reason"] == "logoff"
+
+
+def test_a_failed_login_leaves_one_outcome_record_a_3_16():
+    """A-3.16: a wrong secret is one record, InvalidPassword with the failed login's fields; then the close."""
+    with running_server(config()) as srv:
+        with srv.client() as client:
+            client.send("Login", [("Username", "admin"), ("Secret", "wrong")])
+            assert client.read_until_closed(timeout=5)
+        records = audit_records_once_closed(srv)
+    assert [r["event"] for r in records] == ["SessionOpened", "InvalidPassword", "SessionClosed"]
+    outcome = records[1]
+    assert (outcome["login"], outcome["reason"], outcome["AccountID"]) == ("LoginFailed", "invalid_password", "admin")
+    assert records[2]["reason"] == "login failed"
+    assert "wrong" not in str(records)

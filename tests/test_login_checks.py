@@ -66,7 +66,7 @@ def test_other_refusals_no_answer_and_exceptions_fail_closed():
                            (Checks(raise_=True), "check failed on purpose")):
         with _server(plugin) as srv, srv.client() as client:
             assert client.login("admin", "adminpass")["Message"] == "Authentication failed"
-            (record,) = srv.log.records("LoginFailed")
+            (record,) = srv.log.records(login="LoginFailed")
             assert reason in record["reason"]
 
 

@@ -305,9 +305,9 @@ write = "all"
             assert admin.action("Ping")["Ping"] == "Pong"
             assert admin.action("ServerReload")["Message"] == "Configuration reloaded (0 sessions updated, 0 revoked)"
         # Audit lines reach the file from a writer thread, a moment later.
-        wait_for(lambda: '"event": "SessionRevoked"' in log_file.read_text(), "SessionRevoked in the audit file")
+        wait_for(lambda: '"event":"SessionRevoked"' in log_file.read_text(), "SessionRevoked in the audit file")
         text = log_file.read_text()
-        assert '"reason": "user removed"' in text
+        assert '"reason":"user removed"' in text
         assert "ops-secret" not in text and "admin-secret" not in text
     finally:
         process.send_signal(signal.SIGTERM)

@@ -199,7 +199,7 @@ def test_log_rotation_with_sighup_starts_a_new_file_beside_the_config(server_dir
             client.login("admin", "adminpass-long", events="off")
         wait_for(lambda: "LoginSucceeded" in log.read_text(), "the second login in the new file")
         assert log.with_name("audit.log.1").read_text().count("LoginSucceeded") == 1
-        assert '"event": "LogReopened"' in log.read_text()
+        assert '"event":"LogReopened"' in log.read_text()
     finally:
         stop(process)
 

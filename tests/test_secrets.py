@@ -63,7 +63,7 @@ def test_full_session_at_debug_leaks_nothing():
             c.send("Login", {"Username": "admin", "Secret": "typo-" + SECRET[:-1]})
             c.read_until_closed()
     text = sink.text()
-    assert '"event": "ChallengeResponseFailed"' in text and '"event": "InvalidPassword"' in text
+    assert '"event":"ChallengeResponseFailed"' in text and '"event":"InvalidPassword"' in text
     assert "ValueError" in text  # the exception was logged, scrubbed
     for needle in [SECRET, OTHER, SECRET[:-1], *derived]:
         assert needle not in text, needle
@@ -129,7 +129,7 @@ def test_hashes_backend_errors_and_short_secrets_leak_nothing():
     for needle in ["h4shed-user-secret", hashed, hashed.split("$")[-1], "only-the-backend-knows", "f" * 32]:
         assert needle not in text, needle
     # The two-letter secret appears in no value (it is scrubbed where it is one, never as a word).
-    assert {"SessionOpened", "LoginSucceeded", "ActionExecuted", "SessionClosed"} <= {r["event"] for r in records}
+    assert {"SessionOpened", "SuccessfulAuth", "ActionExecuted", "SessionClosed"} <= {r["event"] for r in records}
     assert not any(" xq " in line or '"xq"' in line for line in sink.lines)
 
 
@@ -211,7 +211,7 @@ def test_long_secrets_are_scrubbed_inside_longer_values_and_words():
 
 
 def test_objects_are_scrubbed_as_the_text_they_are_rendered_as():
-    """An exception, bytes or any object is written as str(): that text is scrubbed (it was passed through)."""
+    """An exception, bytes or any object is written as str(): that text, scrubbed, replaces it."""
 
     class Opaque:
         def __str__(self):
@@ -225,7 +225,7 @@ def test_objects_are_scrubbed_as_the_text_they_are_rendered_as():
     assert record["error"] == "cannot use [redacted]"
     assert record["raw"] == "b'Secret: [redacted]"
     assert record["obj"] == "Opaque(secret=[redacted], other=ok)"
-    assert record["fine"] is fine  # nothing to scrub: rendered as before
+    assert record["fine"] == "1.5"  # nothing to scrub: its text, so the renderer writes what was checked
 
 
 @settings(max_examples=300, deadline=None)
@@ -335,7 +335,7 @@ read = "all"
                                   ["Body", "the end is a beginning"]]
     echo_executed = [r for r in sink.records("ActionExecuted") if r["action"] == "Echo"]
     assert [r["action_id"] for r in echo_executed] == ["[redacted]"]
-    assert [r["username"] for r in sink.records("LoginFailed")] == ["carol", "[redacted]"]
+    assert [r["username"] for r in sink.records(login="LoginFailed")] == ["carol", "[redacted]"]
     for record in sink.records():
         for text in _strings(record):
             assert text.strip() not in SHORT_SECRETS, record
@@ -343,7 +343,7 @@ read = "all"
                 assert line.partition(": ")[2].strip() not in SHORT_SECRETS, record
 
 
-# -- the JSON audit trail's cached rendering (audit_json.py JsonAuditLines) --------------------
+# -- the audit trail: records written from a cached head, against the processor chain ---------
 
 _NOW = "2026-01-01T00:00:00.000+00:00"
 _SECRETS = ("hunter2-secret", "s3cr3tpass", "ab")
@@ -358,20 +358,34 @@ class _Level(enum.IntEnum):
     HIGH = 3
 
 
+def _chain_line(processors, context, event, fields, about):
+    """A record as the processor chain renders it: ``about`` scrubbed by its own trusted names, one dict."""
+    redactor = processors[1]
+    trusted = frozenset(fields.pop(TRUSTED_FIELDS_KEY, ()))
+    shown = {}
+    if about:
+        shown = redactor(None, "info", {**about, TRUSTED_FIELDS_KEY: about.trusted})
+        shown = {name: value for name, value in shown.items() if name not in fields and name != "event"}
+    event_dict = {**context, **shown, **fields, "event": event, TRUSTED_FIELDS_KEY: trusted | shown.keys()}
+    for processor in processors:
+        event_dict = processor(None, "info", event_dict)
+    return event_dict.decode()
+
+
 def _lines(monkeypatch, records, secrets=_SECRETS, later_secrets=()):
-    """Each record rendered by the cached path and by the processor chain: the pairs of lines."""
+    """Each record written by AuditLogger.record and rendered by the processor chain: the pairs of lines."""
     monkeypatch.setattr(audit._LevelTimeAndException, "timestamp", lambda self: _NOW)
     redactor = Redactor(secrets)
-    fast_sink, chain_sink = MemorySink(), MemorySink()
-    fast = audit.make_audit_logger(fast_sink, redactor=redactor)
-    chain = audit.make_audit_logger(chain_sink, redactor=redactor)
-    chain._json = None
+    sink = MemorySink()
+    log = audit.make_audit_logger(sink, redactor=redactor)
+    processors = audit._processors("json", redactor)
+    chain = []
     for number, (event, fields, about) in enumerate(records):
         if later_secrets and number == len(records) // 2:
             redactor.add_secrets(later_secrets)
-        fast.record(event, copy.deepcopy(fields), about)
-        chain.record(event, copy.deepcopy(fields), about)
-    return list(zip(fast_sink.lines, chain_sink.lines))
+        log.record(event, copy.deepcopy(fields), about)
+        chain.append(_chain_line(processors, log._context, event, copy.deepcopy(fields), about))
+    return list(zip(sink.lines, chain))
 
 
 def _who(username="alice"):
@@ -381,8 +395,8 @@ def _who(username="alice"):
     )
 
 
-def test_cached_audit_lines_equal_the_processor_chain_a_3_16(monkeypatch):
-    """A-3.16: the cached JSON path writes exactly the chain's line, scrubbing included, whatever the fields."""
+def test_audit_lines_equal_the_processor_chain_a_3_16(monkeypatch):
+    """A-3.16: records written from a session's cached head are the chain's lines, scrubbing included."""
     who = _who()
     records = [
         ("ActionExecuted", {"action": "Ping", "action_id": "q1", "result": "Success", "message": None,
@@ -408,8 +422,9 @@ def test_cached_audit_lines_equal_the_processor_chain_a_3_16(monkeypatch):
         ("Reserved", {"timestamp": "mine", "event": "other", TRUSTED_FIELDS_KEY: _TRUSTED}, None),
         ("Nam%e \"q\"", {"na%sme": "v", "\u00fc": "w", TRUSTED_FIELDS_KEY: _TRUSTED}, who),
         ("hunter2-secret event", {"x": 1}, None),
+        ("Fault", {"error": "x", "exc_info": ValueError("bad hunter2-secret"), TRUSTED_FIELDS_KEY: _TRUSTED}, who),
     ]
-    pairs = _lines(monkeypatch, records * 2)  # the second round renders from the caches
+    pairs = _lines(monkeypatch, records * 2)  # the second round writes from the cached heads
     assert len(pairs) == len(records) * 2
     for fast_line, chain_line in pairs:
         assert fast_line == chain_line
@@ -427,8 +442,8 @@ def test_cached_audit_lines_equal_the_processor_chain_a_3_16(monkeypatch):
     assert json.loads(pairs[13][0])["event"] == "Reserved"
 
 
-def test_cached_audit_lines_follow_new_secrets(monkeypatch):
-    """A secret added by a reload is scrubbed from cached parts too (context, ``about``, shapes)."""
+def test_audit_lines_follow_new_secrets(monkeypatch):
+    """A secret added by a reload is scrubbed from cached heads too (context, ``about``)."""
     who = _who("newpass-1234")
     records = [("ActionExecuted", {"action": "Ping", "action_id": "newpass-1234", TRUSTED_FIELDS_KEY: _TRUSTED}, who)] * 4
     records += [("newpass-1234", {"x": "newpass-1234"}, None)] * 2
@@ -438,7 +453,7 @@ def test_cached_audit_lines_follow_new_secrets(monkeypatch):
     assert all("newpass-1234" not in fast for fast, _ in pairs[3:])
 
 
-def test_cached_audit_lines_scrub_an_untrusted_timestamp(monkeypatch):
+def test_audit_lines_scrub_an_untrusted_timestamp(monkeypatch):
     """A record that trusts nothing gets even its timestamp scrubbed, on both paths (A-3.16)."""
     pairs = _lines(monkeypatch, [("NoTrust", {"a": 1}, None)] * 2, secrets=("2026-01",))
     for fast_line, chain_line in pairs:
@@ -457,7 +472,7 @@ def test_cached_audit_lines_scrub_an_untrusted_timestamp(monkeypatch):
     max_size=6,
 ), trusted=st.sets(st.sampled_from(["action", "message", "n", "event", "level", "timestamp", "audit"])),
    with_about=st.booleans())
-def test_cached_audit_lines_equal_the_chain_for_any_fields(fields, trusted, with_about):
+def test_audit_lines_equal_the_chain_for_any_fields(fields, trusted, with_about):
     fields = {**fields, TRUSTED_FIELDS_KEY: frozenset(trusted)}
     about = _who("ab") if with_about else None
     with pytest.MonkeyPatch.context() as monkeypatch:

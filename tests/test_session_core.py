@@ -358,3 +358,32 @@ def test_a_long_list_to_a_reader_that_stalls_stays_near_the_output_limit_q_7_7()
             if b"BigComplete" in received:
                 break
         assert received.count(b"Event: Item\r\n") == 5000
+
+
+def test_login_deadlines_expire_each_session_at_its_own_timeout_a_3_11():
+    """One timer serves every waiting session; a session accepted under another auth_timeout keeps its own."""
+    from types import SimpleNamespace
+
+    from ami_server.deadlines import LoginDeadlines
+    from ami_server.loop import Loop
+    from ami_server.testing import ManualClock
+
+    clock = ManualClock()
+    loop = Loop(clock)
+    expired = []
+    deadlines = LoginDeadlines(loop, expired.append)
+    early, late, logged_in = (SimpleNamespace(key=key, login_timeout=None) for key in range(3))
+    deadlines.add(early, 30.0)
+    deadlines.add(late, 5.0)  # after a reload shortened auth_timeout: due first
+    deadlines.add(logged_in, 30.0)
+    deadlines.discard(logged_in)
+    clock.now += 4.9
+    loop.run_once(0)
+    assert expired == []
+    clock.now += 0.1
+    loop.run_once(0)
+    assert expired == [late]
+    clock.now += 25.0
+    loop.run_once(0)
+    assert expired == [late, early] and len(deadlines) == 0
+    loop.close()

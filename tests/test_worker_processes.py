@@ -114,7 +114,7 @@ def test_workers_share_a_port_restart_reload_and_stop(tmp_path):
             assert client.login("admin", "workers-secret-1")["Response"] == "Success"
             clients.append(client)
         def logins() -> List[Dict[str, Any]]:
-            found = [r for r in _records(log) if r.get("event") == "LoginSucceeded"]
+            found = [r for r in _records(log) if r.get("login") == "LoginSucceeded"]
             return found if len(found) >= 24 else []
 
         assert {r["worker"] for r in _wait(logins, "the login records")} == {0, 1}

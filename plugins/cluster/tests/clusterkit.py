@@ -166,7 +166,7 @@ request_timeout = 2
 
         def started() -> Optional[int]:
             assert self.process is not None and self.process.poll() is None, (self.directory / f"{self.name}.err").read_text()
-            found = self.log_file.exists() and re.search(r'"address": "127\.0\.0\.1:(\d+)"', self.log_file.read_text())
+            found = self.log_file.exists() and re.search(r'"address": ?"127\.0\.0\.1:(\d+)"', self.log_file.read_text())
             return int(found.group(1)) if found else None
 
         self.port = wait_for(started, f"node {self.name} to start", timeout, 0.05)

@@ -46,7 +46,7 @@ def test_users_from_the_database_log_in_with_their_classes(ami_server, ami_clien
     assert reply["Message"] == "Authentication accepted"
     assert ami_client.action("UserEvent", {"UserEvent": "x"})["Response"] == "Success"  # write: user
     assert ami_client.action("ServerReload")["Message"] == "Permission denied"  # no write: system
-    login = ami_server.log.records("LoginSucceeded")[-1]
+    login = ami_server.log.records(login="LoginSucceeded")[-1]
     assert login["backend"] == "sqlite_auth" and login["username"] == "alice"
 
 
@@ -80,8 +80,8 @@ def test_config_users_still_come_first(database):
         with srv.client() as client:  # the database's secret is never tried: config answered already
             client.send("Login", {"Username": "alice", "Secret": "alice-secret"})
             assert client.read_until_closed() == FAILED
-    assert [r["backend"] for r in srv.log.records("LoginSucceeded")] == ["config", "config"]
-    (failed,) = srv.log.records("LoginFailed")
+    assert [r["backend"] for r in srv.log.records(login="LoginSucceeded")] == ["config", "config"]
+    (failed,) = srv.log.records(login="LoginFailed")
     assert (failed["backend"], failed["reason"]) == ("config", "invalid_password")
 
 
@@ -92,8 +92,8 @@ def test_the_backend_order_decides_who_answers_for_a_user_in_both(database):
         with srv.client() as client:
             client.send("Login", {"Username": "alice", "Secret": "config-alice"})
             assert client.read_until_closed() == FAILED
-    assert [r["backend"] for r in srv.log.records("LoginSucceeded")] == ["sqlite_auth"]
-    (failed,) = srv.log.records("LoginFailed")
+    assert [r["backend"] for r in srv.log.records(login="LoginSucceeded")] == ["sqlite_auth"]
+    (failed,) = srv.log.records(login="LoginFailed")
     assert (failed["backend"], failed["reason"]) == ("sqlite_auth", "invalid_password")
 
 
@@ -120,7 +120,7 @@ def test_rejections(ami_server, ami_client, username, headers, security_event, r
             assert watcher.wait_event(security_event)["AccountID"] == username
         else:
             assert not seen & {"InvalidPassword", "ChallengeResponseFailed", "InvalidAccountID"}
-    failed = ami_server.log.records("LoginFailed")[-1]
+    failed = ami_server.log.records(login="LoginFailed")[-1]
     assert failed["reason"] == reason
 
 

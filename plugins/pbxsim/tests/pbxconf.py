@@ -63,7 +63,7 @@ def start_server_process(tmp_path: Path, plugin_table: str, timeout: float = 30.
             raise AssertionError("server did not start")
         if process.poll() is not None:
             raise AssertionError(process.stderr.read())
-        found = log_file.exists() and re.search(r'"address": "127\.0\.0\.1:(\d+)"', log_file.read_text())
+        found = log_file.exists() and re.search(r'"address": ?"127\.0\.0\.1:(\d+)"', log_file.read_text())
         if found:
             return process, int(found.group(1))
         time.sleep(0.05)
