@@ -99,12 +99,12 @@ class SessionAudit:
         ``fields``, so one filter on ``login`` finds every outcome.
         """
         fields = {"login": outcome, **fields}
+        if security is None:
+            self.record(outcome, self.who(session, account), **fields)  # the tap sees it there
+            return
         if self.tap is not None:
             self.tap(outcome, fields)
-        if security is None:
-            self.record(outcome, self.who(session, account), **fields)
-        else:
-            self.security(session, security, account, extra, fields)
+        self.security(session, security, account, extra, fields)
 
     def security(
         self, session: Session, name: str, account: Optional[str] = None, extra: Tuple[Tuple[str, str], ...] = (),

@@ -243,3 +243,21 @@ def test_ipv6_addresses_are_bracketed():
     with running_server(make_config(host="::1")) as srv:
         (started,) = srv.log.records("ServerStarted")
         assert started["address"].startswith("[::1]:")
+
+
+def test_each_login_outcome_is_counted_once():
+    """ami_logins_total: one count per Login, with or without a security event for its outcome."""
+    with running_server(http_config()) as srv:
+        port = srv.server.http.address[1]
+        with srv.client() as client:
+            client.send("Login", {"Secret": "x"})  # no username: LoginFailed, no security event
+            client.read_until_closed()
+        with srv.client() as client:
+            client.send("Login", {"Username": "admin", "Secret": "wrong"})  # InvalidPassword
+            client.read_until_closed()
+        with srv.client() as client:
+            client.login("admin", "adminpass", events="off")
+        text = http_get(port, "/metrics").decode()
+        assert 'ami_logins_total{outcome="failure",reason="no username"} 1.0' in text
+        assert 'ami_logins_total{outcome="failure",reason="invalid_password"} 1.0' in text
+        assert 'ami_logins_total{outcome="success",reason="accepted"} 1.0' in text
