@@ -99,9 +99,10 @@ class _VerbatimResponse(Response):
 
 
 #: One response as received: a non-blank ``Response`` line, then header lines (a token name, a
-#: colon, no CR or LF in the rest), then the blank line.
+#: colon, no CR or LF in the rest), then the blank line. Each part has one way to match (the
+#: status's leading blanks, then its first non-blank): linear in the bytes, whatever they hold.
 _RAW_RESPONSE = re.compile(
-    rb"(?i:response):[^\r\n]*[^\s][^\r\n]*\r\n"
+    rb"(?i:response):[^\S\r\n]*[^\s][^\r\n]*\r\n"
     rb"(?:[^\s:](?:[^:\r\n]*[^\s:])?:[^\r\n]*\r\n)*\r\n"
 )
 _RAW_ACTION_ID = re.compile(rb"\r\n((?i:actionid)):[^\r\n]*")

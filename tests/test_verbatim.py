@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from ami_server import Action, Block, Response, hookimpl
@@ -164,3 +166,17 @@ def test_verbatim_bytes_refuse_what_the_line_form_would_change(data):
         Response.verbatim_bytes(data)
     with pytest.raises(TypeError):
         Response.verbatim_bytes(data.decode())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("data", [
+    b"Response: " + b"a" * 100_000 + b"\rb\r\n\r\n",   # a bare CR late in a long status line
+    b"Response:" + b" a" * 50_000 + b"\r\r\n\r\n",
+    b"Response: Success\r\n" + b"a " * 50_000 + b"\r\n\r\n",  # a long line without a colon
+    b"Response: Success\r\n" + b"A: b\r\n" * 20_000 + b"c\r\n\r\n",
+])
+def test_verbatim_bytes_check_is_linear_in_the_bytes(data):
+    """A reply the check refuses costs one pass, not one per position (the event loop runs it)."""
+    started = time.process_time()
+    with pytest.raises(ValueError):
+        Response.verbatim_bytes(data)
+    assert time.process_time() - started < 1.0  # linear: milliseconds; quadratic: tens of seconds
