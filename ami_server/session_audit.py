@@ -29,7 +29,8 @@ TRUSTED_AUDIT_FIELDS = frozenset({
 })
 #: The fields about a session that the server made (the username is what a client typed).
 _TRUSTED_WHO_FIELDS = frozenset({"session", "remote_address", "local_address", "remote_ip", "tls"})
-#: ``ActionExecuted``: ``action`` is the registered name.
+#: ``ActionExecuted`` of a registered action: ``action`` is its registered name. An action the
+#: router answers (``route_unknown``) is named as the client typed it, and scrubbed like any input.
 _EXECUTED_TRUSTED = TRUSTED_AUDIT_FIELDS | {"action"}
 #: Actions whose outcome another record carries: Logoff's is ``SessionClosed`` (reason ``logoff``).
 _RECORDED_ELSEWHERE = frozenset({"Logoff"})
@@ -80,11 +81,15 @@ class SessionAudit:
 
     def executed(self, session: Session, run: ActionRun, response: Response) -> None:
         """ActionExecuted: one per answered (audited) action, except those another record covers."""
-        if run.name in _RECORDED_ELSEWHERE:
+        name = run.name
+        if name in _RECORDED_ELSEWHERE:
             return
+        entry = run.entry
+        registered = entry is None or entry.action.name is name
         self.log.record("ActionExecuted", {
-            "action": run.name, "action_id": run.action_id, "result": response.status, "message": response.message,
-            "duration_ms": round((time.monotonic() - run.started) * 1000, 3), TRUSTED_FIELDS_KEY: _EXECUTED_TRUSTED,
+            "action": name, "action_id": run.action_id, "result": response.status, "message": response.message,
+            "duration_ms": round((time.monotonic() - run.started) * 1000, 3),
+            TRUSTED_FIELDS_KEY: _EXECUTED_TRUSTED if registered else TRUSTED_AUDIT_FIELDS,
         }, self.who(session))
 
     def login(

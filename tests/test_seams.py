@@ -199,6 +199,18 @@ def test_routed_actions_the_router_calls_read_only_are_audited_as_read_only_acti
         assert audited == (["g", "s"] if audit_read_only else ["s"])
 
 
+def test_a_routed_action_is_audited_under_the_name_sent_scrubbed_like_any_input():
+    """A-3.16: the router's action names are the client's text: a secret typed as one never reaches the log."""
+    with MemoryServer(make_config({"users": USERS}), extra_plugins=[("policy", Policy())]) as memory:
+        peer = memory.connect()
+        peer.send(b"Action: Login\r\nUsername: admin\r\nSecret: adminpass\r\nEvents: off\r\n\r\n")
+        peer.send(b"Action: adminpass\r\nActionID: r1\r\n\r\nAction: Setvar\r\nActionID: r2\r\n\r\n")
+        assert peer.read().count(b"Message: Forwarded") == 2
+        executed = {r["action_id"]: r["action"] for r in memory.log.records("ActionExecuted")}
+        assert executed == {"r1": "[redacted]", "r2": "Setvar"}
+        assert "adminpass" not in memory.log.text()
+
+
 def test_list_commands_shows_listed_actions_that_classes_and_guards_allow_b_5_7():
     with policy_server() as memory:
         peer = crm_login(memory)
