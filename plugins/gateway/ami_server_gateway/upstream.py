@@ -32,7 +32,7 @@ class Request:
     """One forwarded client request; answered exactly once (``deferred`` is ``None`` once its client left)."""
 
     __slots__ = ("deferred", "client_action_id", "session_id", "lines", "blocking", "link", "gw_id", "deadline",
-                 "done", "drop")
+                 "queue", "done", "drop")
 
     def __init__(self, deferred: Deferred, client_action_id: str, session_id: str, lines: List[str],
                  blocking: bool, drop: tuple = ()) -> None:
@@ -46,6 +46,8 @@ class Request:
         self.gw_id = ""
         #: When it times out (``time.monotonic``); 0.0 until it is tracked.
         self.deadline = 0.0
+        #: The deadline queue it waits in (Upstream._track).
+        self.queue: Optional[Deque["Request"]] = None
         self.done = False
 
 
@@ -148,10 +150,10 @@ class Upstream:
         self.privileges: Dict[str, int] = {}
         self.blocking = frozenset(a.lower() for a in config.blocking_actions)
         self.requests: Dict[int, Request] = {}
-        # Deadlines in the order tracked, one queue per timeout (main session, pool): each is in
-        # deadline order, so one timer for the earliest head serves every request.
-        self._expiry: Deque[Request] = deque()
-        self._pool_expiry: Deque[Request] = deque()
+        # Deadlines in the order tracked, one queue per timeout value (the main session's, the
+        # pool's, and those a reload replaced while requests still wait): a queue of one timeout is
+        # in deadline order, so one timer for the earliest head serves every request.
+        self._expiry: Dict[float, Deque[Request]] = {}
         self._sweep_timer: Optional[TimerHandle] = None
         self._sweep_at = 0.0
         self.ever_up = False
@@ -355,9 +357,13 @@ class Upstream:
         if request.deadline:
             return
         self.requests[id(request)] = request
-        config = self.config
-        request.deadline = deadline = time.monotonic() + (config.blocking_timeout if pool else config.action_timeout)
-        (self._pool_expiry if pool else self._expiry).append(request)
+        timeout = self.config.blocking_timeout if pool else self.config.action_timeout
+        request.deadline = deadline = time.monotonic() + timeout
+        queue = self._expiry.get(timeout)
+        if queue is None:
+            queue = self._expiry[timeout] = deque()
+        queue.append(request)
+        request.queue = queue
         if self._sweep_timer is None or deadline < self._sweep_at:
             self._arm(deadline)
 
@@ -371,14 +377,18 @@ class Upstream:
         """Time out every request past its deadline; then wait for the next earliest one."""
         self._sweep_timer = None
         now = time.monotonic()
-        for queue in (self._expiry, self._pool_expiry):
+        for timeout, queue in list(self._expiry.items()):
             while queue and (queue[0].done or queue[0].deadline <= now):
                 request = queue.popleft()
                 if not request.done:
                     self._timed_out(request)
-        heads = [queue[0].deadline for queue in (self._expiry, self._pool_expiry) if queue]
-        if heads and self._sweep_timer is None:
-            self._arm(min(heads))
+            if not queue and self._expiry.get(timeout) is queue:
+                del self._expiry[timeout]
+        heads = [queue[0].deadline for queue in self._expiry.values() if queue]
+        if heads:
+            earliest = min(heads)
+            if self._sweep_timer is None or earliest < self._sweep_at:
+                self._arm(earliest)
 
     @staticmethod
     def _trim(queue: Deque[Request]) -> None:
@@ -403,11 +413,9 @@ class Upstream:
             return
         request.done = True
         self.requests.pop(id(request), None)
-        expiry = self._expiry
-        if expiry and expiry[0] is request:
-            self._trim(expiry)
-        elif self._pool_expiry:
-            self._trim(self._pool_expiry)
+        queue = request.queue
+        if queue and queue[0] is request:
+            self._trim(queue)
         if failed:
             self.stats["Failed"] += 1
         link = request.link

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from asterisk_double import AsteriskDouble, listcommands_handler
 from gateway_helpers import gateway_config, gateway_of, upstream_table, wait_until
 
@@ -91,5 +93,29 @@ def test_forwarded_read_only_actions_are_audited_as_read_only_and_the_others_alw
             executed = [r["action_id"] for r in gateway.log.records("ActionExecuted")]
             assert "write" in executed and "read" not in executed
             assert [r["action_id"] for r in gateway.log.records("ActionDenied")] == ["denied"]
+    finally:
+        double.stop()
+
+
+def test_a_shorter_action_timeout_applies_to_requests_sent_after_the_reload() -> None:
+    """A request sent after a reload shortened action_timeout times out then, not behind older ones."""
+    double = AsteriskDouble()
+    double.handlers["listcommands"] = listcommands_handler
+    double.handlers["hold"] = lambda conn, pairs, action_id: None  # never answered
+    try:
+        with running_server(gateway_config({"pbx1": upstream_table(double.port, action_timeout=20.0)})) as gateway:
+            wait_until(lambda: gateway_of(gateway).upstreams["pbx1"].state == "up", what="pbx1 up")
+            with gateway.client() as first, gateway.client() as second:
+                first.login("admin", "adminpass", events="off")
+                second.login("admin", "adminpass", events="off")
+                first.send("Hold", {"ActionID": "old"})  # due in 20 s
+                wait_until(lambda: len(double.received) == 1, what="the first request upstream")
+                shorter = gateway_config({"pbx1": upstream_table(double.port, action_timeout=0.5)})
+                ok, _ = gateway.call(lambda: gateway.server.reload(shorter))
+                assert ok
+                started = time.monotonic()
+                reply = second.action("Hold", {"ActionID": "new"}, timeout=10)
+                assert reply["Message"] == "Upstream pbx1 timed out"
+                assert time.monotonic() - started < 5
     finally:
         double.stop()
