@@ -52,7 +52,9 @@ class _UpstreamFilter:
     gateway puts it last, so nothing the upstream sends can stand in for it);
     the gateway's own ``UpstreamConnected``, ``UpstreamLost`` and
     ``UpstreamLoginFailed`` name theirs in their ``Upstream`` header. The
-    upstreams refused are worked out again after a reload.
+    upstreams refused are worked out again after a reload, from every name
+    ever configured: an upstream a reload removed still sends its
+    ``UpstreamLost`` and the events it had in flight.
     """
 
     __slots__ = ("gateway", "permitted", "_config", "_tails", "_states")
@@ -65,7 +67,7 @@ class _UpstreamFilter:
     def _refresh(self) -> None:
         gateway = self.gateway
         self._config = gateway.config
-        refused = [name for name in gateway.upstreams if name not in self.permitted]
+        refused = [name for name in gateway.names if name not in self.permitted]
         marker = gateway._marker
         self._tails = tuple(marker + name.encode() + b"\r\n\r\n" for name in refused) if marker else ()
         self._states = tuple(f"\r\nUpstream: {name}\r\n".encode() for name in refused)
@@ -91,6 +93,8 @@ class Gateway:
         self.log = server.log
         self.rates = RateLimiter()
         self.upstreams: Dict[str, Upstream] = {name: Upstream(c, self) for name, c in config.upstreams.items()}
+        #: Every upstream name configured since start-up, in order (a reload only adds to it).
+        self.names: Dict[str, None] = dict.fromkeys(config.upstreams)
         self._policies: Dict[int, Tuple[Any, Policy]] = {}
         #: Each client's requests in flight, by session id (kept until the session closes).
         self._lines: Dict[str, _Line] = {}
@@ -104,8 +108,8 @@ class Gateway:
         self._drop = (self._header_key,)
         self._read_only = frozenset(name.lower() for name in config.read_only_actions)
         self._extra: Dict[str, Tuple[Tuple[str, str], ...]] = {
-            name: ((config.event_header, name),) if config.event_header else () for name in config.upstreams
-        }
+            name: ((config.event_header, name),) if config.event_header else () for name in self.names
+        }  # an upstream removed by a reload still marks what it sends before it is closed
         self._marker = f"\r\n{config.event_header}: ".encode() if config.event_header else b""
 
     # -- wiring --------------------------------------------------------------
@@ -172,6 +176,7 @@ class Gateway:
             fresh = self.upstreams[name] = Upstream(settings, self)
             fresh.connect()
             (reconnected if running is not None else added).append(name)
+        self.names.update(dict.fromkeys(new.upstreams))
         self._settings(new)
         # The server's own timeout for a forwarded action was fixed at start-up.
         restart = ["timeouts"] if new.longest_timeout + 5.0 > self._router_timeout else []

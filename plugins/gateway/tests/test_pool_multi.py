@@ -65,6 +65,12 @@ def test_async_originate_stays_on_the_main_session(pooled, double) -> None:
         assert not gateway_of(pooled).upstreams["pbx1"].pool
 
 
+#: ``east`` may use pbx2 only.
+TWO_USERS = {"admin": {"secret": "adminpass", "read": "all", "write": "all"},
+             "east": {"secret": "eastpass", "read": "all", "write": "all",
+                      "attributes": {"gateway": {"upstream": "pbx2", "upstreams": ["pbx2"]}}}}
+
+
 @pytest.fixture
 def two():
     first, second = AsteriskDouble(), AsteriskDouble()
@@ -81,10 +87,7 @@ def two():
         double.handlers["coresettings"] = ping_from(name)
     config = gateway_config(
         {"pbx1": upstream_table(first.port), "pbx2": upstream_table(second.port)},
-        users={"admin": {"secret": "adminpass", "read": "all", "write": "all"},
-               "east": {"secret": "eastpass", "read": "all", "write": "all",
-                        "attributes": {"gateway": {"upstream": "pbx2", "upstreams": ["pbx2"]}}}},
-        event_header="Upstream",
+        users=TWO_USERS, event_header="Upstream",
     )
     try:
         with running_server(config) as gateway:
@@ -140,3 +143,19 @@ def test_a_user_limited_to_some_upstreams_gets_no_events_of_the_others(two) -> N
         assert east.wait_event("Hangup")["Channel"] == "FromTwo"
         assert east.action("Ping")["Response"] == "Success"
         assert [e for e in east.events if e.get("Channel") == "FromOne" or e.get("Upstream") == "pbx1"] == []
+
+
+def test_a_limited_user_gets_no_event_of_an_upstream_a_reload_removed(two) -> None:
+    gateway, first, second = two
+    with gateway.client() as admin, gateway.client() as east:
+        admin.login("admin", "adminpass", events="on")
+        east.login("east", "eastpass", events="on")
+        only_pbx2 = gateway_config({"pbx2": upstream_table(second.port)}, users=TWO_USERS, event_header="Upstream")
+        ok, _ = gateway.call(lambda: gateway.server.reload(only_pbx2))
+        assert ok
+        lost = admin.wait_event("UpstreamLost")
+        assert (lost["Upstream"], lost["Reason"]) == ("pbx1", "removed by reload")
+        second.push(b"Event: Hangup\r\nPrivilege: call,all\r\nChannel: FromTwo\r\n\r\n")
+        assert admin.wait_event("Hangup")["Channel"] == "FromTwo"
+        assert east.wait_event("Hangup")["Channel"] == "FromTwo"
+        assert [e for e in east.events if e.get("Upstream") == "pbx1"] == []
