@@ -170,6 +170,17 @@ class AuditLogger(structlog.BoundLoggerBase):
     _render: Callable[..., Any]
     _head: Optional[_Head] = None
 
+    def __init__(self, logger: Any, processors: Any, context: Any) -> None:
+        super().__init__(logger, processors, context)
+        # The chain of make_logger: what record() runs apart, in order.
+        self._stamp, self._redactor, self._render = processors
+
+    def bind(self, **new_values: Any) -> "AuditLogger":
+        """A logger with more context (``unbind`` and ``new`` come here too), at the same level."""
+        bound = super().bind(**new_values)
+        bound.enabled, bound.threshold = self.enabled, self.threshold
+        return bound
+
     def record(self, event: str, fields: Dict[str, Any], about: Optional[AuditFields] = None,
                level: str = "info") -> None:
         """Write one record: the bound context, ``about``, ``fields``, then ``event``.
@@ -257,7 +268,6 @@ def make_audit_logger(
     audit = AuditLogger(sink, processors, {"audit": True, **(context or {})})
     audit.enabled = _LEVELS[level] <= logging.INFO
     audit.threshold = _LEVELS[level]
-    audit._stamp, audit._redactor, audit._render = processors
     return audit
 
 

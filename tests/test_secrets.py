@@ -442,6 +442,18 @@ def test_audit_lines_equal_the_processor_chain_a_3_16(monkeypatch):
     assert json.loads(pairs[13][0])["event"] == "Reserved"
 
 
+def test_a_bound_audit_logger_scrubs_its_context_and_keeps_its_level():
+    sink = MemorySink()
+    log = audit.make_audit_logger(sink, level="warning", redactor=Redactor(["hunter2-secret"]))
+    bound = log.bind(node="hunter2-secret")
+    bound.record("Dropped", {"a": 1})  # info, below the level
+    bound.record("Fault", {"error": "hunter2-secret"}, _who(), level="warning")
+    (record,) = sink.records()
+    assert (record["event"], record["node"], record["error"], record["username"]) == (
+        "Fault", "[redacted]", "[redacted]", "alice")
+    assert "hunter2-secret" not in sink.text()
+
+
 def test_audit_lines_follow_new_secrets(monkeypatch):
     """A secret added by a reload is scrubbed from cached heads too (context, ``about``)."""
     who = _who("newpass-1234")
