@@ -19,7 +19,7 @@ ROOT = "plugins.gateway"
 #: (``ActionExecuted`` only with ``[logging] audit_read_only_actions``). ``read_only_actions`` replaces it.
 READ_ONLY_ACTIONS = (
     "Ping", "Status", "CoreShowChannels", "CoreShowChannelMap", "CoreStatus", "CoreSettings", "ListCommands",
-    "Getvar", "QueueStatus", "QueueSummary", "ExtensionState", "ExtensionStateList", "DeviceStateList",
+    "QueueStatus", "QueueSummary", "ExtensionState", "ExtensionStateList", "DeviceStateList",
     "PresenceState", "PresenceStateList", "MailboxCount", "MailboxStatus", "BridgeList", "BridgeInfo",
     "ParkedCalls", "Parkinglots", "PJSIPShowEndpoints", "PJSIPShowEndpoint", "PJSIPShowRegistrationsOutbound",
     "PJSIPShowContacts", "PJSIPShowAors", "SIPpeers", "SIPshowpeer", "IAXpeers", "IAXpeerlist", "ConfbridgeList",
