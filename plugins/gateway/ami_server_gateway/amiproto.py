@@ -18,7 +18,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 __all__ = [
     "Broadcast", "Effect", "LoginFailed", "LoggedIn", "RawReply", "Reply", "ShutdownSeen", "UpMessage",
-    "UpstreamSession", "StreamParser", "build_request", "parse_listcommands", "parse_message", "raw_lines",
+    "UpstreamProtocolError", "UpstreamSession", "StreamParser", "build_request", "parse_listcommands",
+    "parse_message", "raw_lines",
 ]
 
 Pairs = Tuple[Tuple[str, str], ...]
@@ -28,6 +29,15 @@ Pairs = Tuple[Tuple[str, str], ...]
 RECENT_LIMIT = 20000
 #: Most items one list response may carry through the gateway.
 MAX_LIST_ITEMS = 200000
+#: Most bytes of one message from the upstream (a Command's output included); a longer one
+#: ends the connection (UpstreamProtocolError) rather than growing the buffer without bound.
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+#: Most bytes of the banner line.
+MAX_BANNER_BYTES = 1024
+
+
+class UpstreamProtocolError(ValueError):
+    """The upstream sent what no AMI server sends (a message or banner over its limit)."""
 
 
 def _valid_name(name: str) -> bool:
@@ -97,13 +107,22 @@ def raw_lines(message: UpMessage) -> Pairs:
 
 
 class StreamParser:
-    """Bytes from an AMI server -> the banner line, then messages (blank-line framed)."""
+    """Bytes from an AMI server -> the banner line, then messages (blank-line framed).
 
-    __slots__ = ("_buf", "banner")
+    Each byte is searched once: a partial message waits in the buffer and only
+    the bytes after it (and the three before, where a blank line may start)
+    are searched when more arrive. A message longer than ``limit`` raises
+    :class:`UpstreamProtocolError`.
+    """
 
-    def __init__(self) -> None:
-        self._buf = b""
+    __slots__ = ("_buf", "_searched", "banner", "limit")
+
+    def __init__(self, limit: Optional[int] = None) -> None:
+        self._buf = bytearray()
+        #: Bytes at the front of the buffer known to hold no blank-line terminator.
+        self._searched = 0
         self.banner: Optional[str] = None
+        self.limit = MAX_MESSAGE_BYTES if limit is None else limit
 
     def feed(self, data: bytes) -> List[UpMessage]:
         out = []
@@ -115,30 +134,60 @@ class StreamParser:
 
     def feed_raw(self, data: bytes) -> List[bytes]:
         """The complete messages in ``data`` (and what came before), as bytes without the blank line."""
-        buf = self._buf + data if self._buf else data
+        buf = self._buf
+        if not buf and self.banner is not None:
+            last = data.rfind(b"\r\n\r\n")
+            if last < 0:
+                self._keep(data)
+                return []
+            buf += data[last + 4:]  # the common read: whole messages, perhaps a partial one after them
+            self._searched = len(buf)
+            self._check(len(buf))
+            return _split(data[:last])
+        buf += data
         if self.banner is None:
             end = buf.find(b"\r\n")
             if end < 0:
-                self._buf = buf
+                if len(buf) > MAX_BANNER_BYTES:
+                    raise UpstreamProtocolError(f"banner longer than {MAX_BANNER_BYTES} bytes")
                 return []
             self.banner = buf[:end].decode("utf-8", "surrogateescape")
-            buf = buf[end + 2:]
-        last = buf.rfind(b"\r\n\r\n")
+            del buf[:end + 2]
+            self._searched = 0
+        last = buf.rfind(b"\r\n\r\n", max(0, self._searched - 3))
         if last < 0:
-            self._buf = buf
+            self._searched = len(buf)
+            self._check(len(buf))
             return []
-        self._buf = buf[last + 4:]
-        out = []
-        for chunk in buf[:last].split(b"\r\n\r\n"):
-            while chunk.startswith(b"\r\n"):
-                chunk = chunk[2:]  # stray blank lines between messages
-            if chunk:
-                out.append(chunk)
-        return out
+        whole = bytes(buf[:last])
+        del buf[:last + 4]
+        self._searched = 0
+        self._check(len(buf))
+        return _split(whole)
+
+    def _keep(self, data: bytes) -> None:
+        self._buf += data
+        self._searched = len(self._buf)
+        self._check(len(self._buf))
+
+    def _check(self, size: int) -> None:
+        if size > self.limit:
+            raise UpstreamProtocolError(f"message longer than {self.limit} bytes")
 
     @property
     def buffered(self) -> int:
         return len(self._buf)
+
+
+def _split(whole: bytes) -> List[bytes]:
+    """Blank-line separated messages, stray blank lines between them dropped."""
+    out = []
+    for chunk in whole.split(b"\r\n\r\n"):
+        while chunk.startswith(b"\r\n"):
+            chunk = chunk[2:]  # stray blank lines between messages
+        if chunk:
+            out.append(chunk)
+    return out
 
 
 def build_request(lines: Iterable[str], action_id: str, drop: Sequence[str] = ()) -> bytes:

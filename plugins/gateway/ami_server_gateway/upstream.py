@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional
 
 from ami_server import Action, ActionError, Backoff, Deferred, Response, StreamProtocol, TimerHandle, parse_event_mask
 
-from .amiproto import Broadcast, LoggedIn, LoginFailed, RawReply, Reply, ShutdownSeen, UpstreamSession, parse_message
+from .amiproto import (
+    Broadcast, LoggedIn, LoginFailed, RawReply, Reply, ShutdownSeen, UpstreamProtocolError, UpstreamSession, parse_message,
+)
 from .config import UpstreamConfig
 from .render import to_event, to_response
 
@@ -69,6 +71,8 @@ class Link(StreamProtocol):
         self.login_failed = False
         self.idle_timer: Optional[TimerHandle] = None
         self._flush_scheduled = False
+        #: Why this side closed the connection: the upstream broke the protocol.
+        self.protocol_error: Optional[str] = None
 
     def open(self) -> None:
         config = self.upstream.config
@@ -83,7 +87,12 @@ class Link(StreamProtocol):
         self.flush()
 
     def data_received(self, data: bytes) -> None:
-        effects = self.session.receive(data)
+        try:
+            effects = self.session.receive(data)
+        except UpstreamProtocolError as exc:
+            self.protocol_error = f"protocol error: {exc}"
+            self.close()  # connection_lost follows: outstanding requests fail, the upstream reconnects
+            return
         self.flush()
         if effects:
             self.upstream.handle(self, effects)
@@ -92,7 +101,7 @@ class Link(StreamProtocol):
         self.ready = False
         if self.idle_timer is not None:
             self.idle_timer.cancel()
-        self.upstream.lost(self, error)
+        self.upstream.lost(self, error or self.protocol_error)
 
     def flush_soon(self) -> None:
         """Send at the end of this loop turn: requests of many clients read in one turn share one write."""

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from ami_server_gateway.amiproto import (
-    Broadcast, LoggedIn, LoginFailed, RawReply, Reply, ShutdownSeen, StreamParser, UpstreamSession, build_request,
+    Broadcast, LoggedIn, LoginFailed, RawReply, Reply, ShutdownSeen, StreamParser, UpstreamProtocolError, UpstreamSession, build_request,
     parse_listcommands, parse_message,
 )
 from ami_server_gateway.policy import RateLimiter, compile_policy
@@ -68,6 +68,28 @@ def test_parser_any_split(step: int) -> None:
         (("Response", "Success"), ("ActionID", "a"), ("Ping", "Pong")),
         (("Event", "X"), ("Privilege", "user,all"), ("A", "b"), ("C", " d"), ("E", "")),
     ]
+
+
+def test_parser_finds_a_blank_line_split_across_reads() -> None:
+    parser = StreamParser()
+    assert parser.feed_raw(BANNER + b"Event: A\r\nX: 1\r\n\r") == []
+    assert parser.feed_raw(b"\nEvent: B") == [b"Event: A\r\nX: 1"]
+    assert parser.feed_raw(b"\r\n") == []
+    assert parser.feed_raw(b"\r\nEvent: C\r\n\r\n") == [b"Event: B", b"Event: C"]
+    assert parser.buffered == 0
+
+
+def test_parser_refuses_a_message_over_its_limit() -> None:
+    parser = StreamParser(limit=1000)
+    parser.feed_raw(BANNER)
+    assert parser.feed_raw(b"Event: Big\r\nData: " + b"x" * 900) == []
+    with pytest.raises(UpstreamProtocolError, match="message longer than 1000 bytes"):
+        parser.feed_raw(b"x" * 200)
+    whole = StreamParser(limit=1000)
+    with pytest.raises(UpstreamProtocolError):  # in one read too, after the complete messages
+        whole.feed_raw(BANNER + b"Event: A\r\n\r\n" + b"y" * 1001)
+    with pytest.raises(UpstreamProtocolError, match="banner"):
+        StreamParser().feed_raw(b"z" * 2000)
 
 
 def test_request_keeps_client_lines_and_swaps_action_id() -> None:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 from asterisk_double import AsteriskDouble, Recording
-from gateway_helpers import gateway_config, gateway_of, upstream_table, wait_until, double, gateway  # noqa: F401 - fixtures
+from gateway_helpers import gateway_config, gateway_of, upstream_table, upstream_up, wait_until, double, gateway  # noqa: F401 - fixtures
 
 from ami_server.testing import running_server
 
@@ -133,3 +133,18 @@ def test_config_errors_name_the_key(table, message) -> None:
     with pytest.raises(ConfigError) as info:
         parse_gateway_config(table, env={})
     assert str(info.value).startswith(message)
+
+
+def test_an_endless_upstream_message_ends_the_connection_not_the_memory(monkeypatch, double) -> None:
+    """No unbounded buffer: a message over the limit closes the upstream session, which comes back."""
+    from ami_server_gateway import amiproto
+
+    monkeypatch.setattr(amiproto, "MAX_MESSAGE_BYTES", 65536)
+    with running_server(gateway_config({"pbx1": upstream_table(double.port)})) as gateway, gateway.client() as client:
+        wait_until(lambda: upstream_up(gateway), what="upstream up")
+        client.login("admin", "adminpass", events="on")
+        double.push(b"Event: Endless\r\nData: " + b"x" * 100000)
+        lost = client.wait_event("UpstreamLost")
+        assert lost["Reason"] == "protocol error: message longer than 65536 bytes"
+        assert client.wait_event("UpstreamConnected")["Reconnect"] == "Yes"
+        assert client.action("Status", {"ActionID": "st"})["EventList"] == "start"
