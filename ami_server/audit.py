@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, TextIO, Tuple
@@ -50,8 +51,23 @@ _ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATE
 def _json_line(value: Any) -> bytes:
     """What orjson refuses -- a lone surrogate (undecodable bytes a client sent, P-1.22), an
     integer past 64 bits, a dict key that is no string -- written by :mod:`json`, non-ASCII
-    escaped, so a record is never lost to its encoding."""
-    return json.dumps(value, default=str, separators=(",", ":")).encode()
+    escaped, so a record is never lost to its encoding. A float that is not finite is written
+    ``null``, as orjson writes it (``NaN`` is no JSON)."""
+    try:
+        return json.dumps(value, default=str, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:
+        return json.dumps(_finite(value), default=str, separators=(",", ":")).encode()
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every float that is not finite replaced by ``None``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _dumps(value: Any, default: Callable[[Any], Any] = str) -> bytes:

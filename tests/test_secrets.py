@@ -500,3 +500,13 @@ def test_many_secrets_are_found_with_one_scan():
         assert redactor.suspicious(f"x {secret} y")
         assert secret not in redactor(None, "info", {"v": f"x {secret} y"})["v"]
     assert not redactor.suspicious("nothing to see")
+
+
+def test_a_record_orjson_refuses_is_still_one_valid_json_line():
+    """A lone surrogate (bytes a client sent that are not UTF-8, P-1.22) sends a record to the
+    json module; a float that is not finite beside it is written null, as orjson writes it."""
+    line = audit._dumps({"data": b"\xff".decode("utf-8", "surrogateescape"), "ratio": float("nan"),
+                         "items": [float("inf"), 1.5]})
+    assert b"\n" not in line
+    parsed = json.loads(line, parse_constant=lambda name: pytest.fail(f"not JSON: {name}"))
+    assert parsed == {"data": "\udcff", "ratio": None, "items": [None, 1.5]}
