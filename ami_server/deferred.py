@@ -12,17 +12,26 @@ __all__ = ["Deferred", "TimerHandle"]
 
 
 class TimerHandle:
-    """A scheduled callback; :meth:`cancel` prevents it from running."""
+    """A scheduled callback; :meth:`cancel` prevents it from running.
 
-    __slots__ = ("when", "callback", "cancelled")
+    ``on_cancel`` (the loop's) is told of a cancellation, so that the loop can
+    drop cancelled timers in bulk rather than keep them until they are due.
+    """
 
-    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+    __slots__ = ("when", "callback", "cancelled", "_on_cancel")
+
+    def __init__(self, when: float, callback: Callable[[], None],
+                 on_cancel: Optional[Callable[[], None]] = None) -> None:
         self.when = when
         self.callback = callback
         self.cancelled = False
+        self._on_cancel = on_cancel
 
     def cancel(self) -> None:
-        self.cancelled = True
+        if not self.cancelled:
+            self.cancelled = True
+            if self._on_cancel is not None:
+                self._on_cancel()
 
     def __lt__(self, other: "TimerHandle") -> bool:
         return self.when < other.when

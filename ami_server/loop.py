@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import collections
 import heapq
+import itertools
 import selectors
 import socket
 import threading
 import time
-from typing import Any, Callable, Deque, List, Optional
+from typing import Any, Callable, Deque, List, Optional, Tuple
 
 from .records import TimerHandle
 
@@ -21,6 +22,10 @@ __all__ = ["Loop", "MAX_DELAY"]
 
 #: The longest timer delay accepted: about 68 years, Asterisk's int seconds.
 MAX_DELAY = 2147483647.0
+#: Cancelled timers are dropped from the heap in bulk once there are at least this many
+#: and they are half of it (a timer per request, cancelled when its reply comes, would
+#: otherwise keep its callback, and what that holds, until its deadline).
+PURGE_MIN_CANCELLED = 512
 
 
 def _reraise(exc: BaseException) -> None:
@@ -34,7 +39,11 @@ class Loop:
         #: The monotonic clock timers run on (a test harness may drive its own).
         self.time = clock
         self.selector = selectors.DefaultSelector()
-        self._timers: List[TimerHandle] = []
+        #: (when, sequence, handle): tuples, so that the heap compares floats, not handles.
+        self._timers: List[Tuple[float, int, TimerHandle]] = []
+        self._timer_seq = itertools.count()
+        #: Cancelled timers still in the heap (counted by TimerHandle.cancel, from any thread).
+        self._cancelled = 0
         self._ready: Deque[Callable[[], None]] = collections.deque()
         self._threadsafe: Deque[Callable[[], None]] = collections.deque()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -60,12 +69,26 @@ class Loop:
                 delay = 0.0
             else:
                 raise ValueError(f"call_later delay must be a finite number of seconds below {MAX_DELAY:g}")
-        handle = TimerHandle(self.time() + delay, callback)
+        handle = TimerHandle(self.time() + delay, callback, self._timer_cancelled)
+        entry = (handle.when, next(self._timer_seq), handle)
         if self.in_loop_thread():
-            heapq.heappush(self._timers, handle)
+            heapq.heappush(self._timers, entry)
         else:
-            self.call_soon_threadsafe(lambda: heapq.heappush(self._timers, handle))
+            self.call_soon_threadsafe(lambda: heapq.heappush(self._timers, entry))
         return handle
+
+    def _timer_cancelled(self) -> None:
+        self._cancelled += 1
+
+    def pending_timers(self) -> int:
+        """Timers in the heap, cancelled ones not yet dropped included (for tests and metrics)."""
+        return len(self._timers)
+
+    def _purge_cancelled(self) -> None:
+        """Drop every cancelled timer from the heap at once (loop thread)."""
+        self._timers = [entry for entry in self._timers if not entry[2].cancelled]
+        heapq.heapify(self._timers)
+        self._cancelled = 0
 
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
         """Hand ``callback`` to the loop from any thread and wake it up."""
@@ -100,14 +123,19 @@ class Loop:
         """Poll once (no longer than the next timer or ``max_wait``), then run what is due."""
         self.thread_id = threading.get_ident()
         timeout: Optional[float]
+        timers = self._timers
+        if self._cancelled >= PURGE_MIN_CANCELLED and self._cancelled * 2 >= len(timers):
+            self._purge_cancelled()
+            timers = self._timers
         if self._ready or self._threadsafe:
             timeout = 0.0
         else:
-            while self._timers and self._timers[0].cancelled:
-                heapq.heappop(self._timers)
+            while timers and timers[0][2].cancelled:
+                heapq.heappop(timers)
+                self._cancelled = max(0, self._cancelled - 1)
             timeout = max_wait
-            if self._timers:
-                delay = max(0.0, self._timers[0].when - self.time())
+            if timers:
+                delay = max(0.0, timers[0][0] - self.time())
                 timeout = delay if timeout is None else min(timeout, delay)
         for key, mask in self.selector.select(timeout):
             try:
@@ -115,10 +143,12 @@ class Loop:
             except Exception as exc:  # noqa: BLE001 - one bad callback must not stop the loop
                 self.on_error(exc)
         now = self.time()
-        while self._timers and (self._timers[0].when <= now or self._timers[0].cancelled):
-            handle = heapq.heappop(self._timers)
-            if not handle.cancelled:
-                handle.cancelled = True
+        while timers and (timers[0][0] <= now or timers[0][2].cancelled):
+            handle = heapq.heappop(timers)[2]
+            if handle.cancelled:
+                self._cancelled = max(0, self._cancelled - 1)
+            else:
+                handle.cancelled = True  # due: a later cancel() is a no-op, and not counted
                 self._ready.append(handle.callback)
         while self._threadsafe:
             self._ready.append(self._threadsafe.popleft())

@@ -387,3 +387,28 @@ def test_login_deadlines_expire_each_session_at_its_own_timeout_a_3_11():
     loop.run_once(0)
     assert expired == [late, early] and len(deadlines) == 0
     loop.close()
+
+
+def test_cancelled_timers_are_dropped_in_bulk_and_the_others_still_run():
+    """A timer per request, cancelled when its reply comes, must not keep its callback until its deadline."""
+    from ami_server.loop import PURGE_MIN_CANCELLED, Loop
+    from ami_server.testing import ManualClock
+
+    clock = ManualClock()
+    loop = Loop(clock)
+    fired = []
+    count = PURGE_MIN_CANCELLED * 4
+    handles = [loop.call_later(30.0 + index / 1000, lambda index=index: fired.append(index)) for index in range(count)]
+    for index, handle in enumerate(handles):
+        if index % 10:
+            handle.cancel()
+            handle.cancel()  # twice: counted once
+    loop.run_once(0)
+    assert loop.pending_timers() == len(range(0, count, 10))  # only the live ones are left
+    handles[0].cancel()  # live: counted, dropped when due or in the next purge
+    clock.now += 60.0
+    loop.run_once(0)
+    assert fired == list(range(10, count, 10)) and loop.pending_timers() == 0
+    handles[10].cancel()  # already ran: nothing is counted
+    assert loop._cancelled == 0
+    loop.close()
