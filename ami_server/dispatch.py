@@ -242,9 +242,7 @@ class Dispatcher:
         run = _Run(run_name, action_id, time.monotonic() if audit or self.observe else 0.0, entry, audit)
         run.dispatcher = self
         run.session = session
-        outbox = self.outbox
-        if outbox.batch and session.receives & outbox.batch_classes:
-            outbox.deliver_batch()  # events published before this action are not held back (Q-7.4)
+        self.outbox.settle_for(session)  # events published before this action are not held back (Q-7.4)
         session.current = run
         context = ActionContext(message, session.info(), run, entry.config)
         if action.blocking:
@@ -400,8 +398,7 @@ class Dispatcher:
     def finish(self, session: Session, run: ActionRun, response: Response) -> None:
         """Write a complete reply, then the events queued meanwhile (R-2.9, R-2.10)."""
         outbox = self.outbox
-        if outbox.batch and session.receives & outbox.batch_classes:
-            outbox.deliver_batch()  # events published while it ran are queued behind the reply
+        outbox.settle_for(session)  # events published while it ran are queued behind the reply
         if run.timer is not None:
             run.timer.cancel()
         action_id = run.action_id
