@@ -81,9 +81,7 @@ class ConcurrentReplies:
         run_name = action.name if entry is not dispatcher.router else name
         if dispatcher.guards and dispatcher._guarded(session, run_name, message):
             return
-        audit = not action.read_only or dispatcher._audit_read_only()
-        if entry is dispatcher.router and dispatcher.router_read_only is not None and dispatcher.router_read_only(name):
-            audit = dispatcher._audit_read_only()
+        audit = dispatcher.audits(entry, run_name)
         run = dispatcher.new_run(session, run_name, action_id, time.monotonic() if audit else 0.0, entry, audit)
         # Its place in line is taken before the handler runs: a handler may complete earlier replies.
         pipeline.order.append(run)

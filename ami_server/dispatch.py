@@ -236,9 +236,7 @@ class Dispatcher:
         run_name = action.name if entry is not self.router else name
         if self.guards and session.state == AUTHENTICATED and self._guarded(session, run_name, message):
             return
-        audit = not action.read_only or self._audit_read_only()
-        if entry is self.router and self.router_read_only is not None and self.router_read_only(run_name):
-            audit = self._audit_read_only()
+        audit = self.audits(entry, run_name)
         run = _Run(run_name, action_id, time.monotonic() if audit or self.observe else 0.0, entry, audit)
         run.dispatcher = self
         run.session = session
@@ -259,6 +257,13 @@ class Dispatcher:
             self.finish(session, run, result)
         else:
             self.handle_result(session, run, result)
+
+    def audits(self, entry: "RegisteredAction", run_name: str) -> bool:
+        """Whether a run of ``entry`` as ``run_name`` writes ``ActionExecuted``: read-only actions, and
+        names the router says change nothing, only with ``audit_read_only_actions`` (A-3.16)."""
+        if entry is self.router and self.router_read_only is not None and self.router_read_only(run_name):
+            return self._audit_read_only()
+        return not entry.action.read_only or self._audit_read_only()
 
     def dispatch_behind(self, session: Session, pipeline: Pipeline, message: Message) -> None:
         """Dispatch ``message`` while concurrent replies are outstanding (see :mod:`.concurrent_replies`)."""
